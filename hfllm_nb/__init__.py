@@ -1,0 +1,38 @@
+"""Run Hugging Face causal language models in Jupyter notebooks."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .default_model import DEFAULT_MODEL_NAME
+from .errors import GenerationError, ModelLoadError
+from .llm import GenerationStats, HuggingFaceLLM
+
+if TYPE_CHECKING:
+    from .monitor import MemoryMonitor
+    from .panel import LLMPanel
+
+__version__ = "0.1.0"
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "GenerationError",
+    "GenerationStats",
+    "HuggingFaceLLM",
+    "LLMPanel",
+    "MemoryMonitor",
+    "ModelLoadError",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Widgets load on first use, so `import hfllm_nb` works in scripts without ipywidgets.
+    if name == "LLMPanel":
+        from .panel import LLMPanel
+
+        return LLMPanel
+    if name == "MemoryMonitor":
+        from .monitor import MemoryMonitor
+
+        return MemoryMonitor
+    raise AttributeError(f"module 'hfllm_nb' has no attribute {name!r}")

@@ -1,0 +1,162 @@
+"""Checks on user input, done once where it enters, with messages that name the fix."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+# Keywords that model.generate() takes besides GenerationConfig fields.
+_GENERATE_CALL_KEYWORDS = {
+    "stopping_criteria",
+    "logits_processor",
+    "prefix_allowed_tokens_fn",
+    "assistant_model",
+    "negative_prompt_ids",
+    "negative_prompt_attention_mask",
+    "use_model_defaults",
+}
+# Sampling settings that only mean something when do_sample=True.
+SAMPLING_KEYWORDS = ("temperature", "top_p", "top_k", "seed")
+# Keywords the wrapper sets itself; passing them would fight it.
+_RESERVED_KEYWORDS = {"input_ids", "attention_mask", "streamer", "inputs", "max_length", "max_new_tokens"}
+
+
+def check_prompt(prompt: Any) -> list[str]:
+    """Return the prompt as a non-empty list of strings, or raise with a precise message."""
+    if isinstance(prompt, str):
+        _check_one_prompt(prompt, where="prompt")
+        return [prompt]
+    if isinstance(prompt, (list, tuple)):
+        if not prompt:
+            raise ValueError("The prompt list is empty. Pass at least one non-empty string.")
+        for i, item in enumerate(prompt):
+            if not isinstance(item, str):
+                raise TypeError(
+                    f"prompt[{i}] is {type(item).__name__} ({_short(item)}); every item of a "
+                    "prompt list must be a str."
+                )
+            _check_one_prompt(item, where=f"prompt[{i}]")
+        return list(prompt)
+    if isinstance(prompt, (bytes, bytearray)):
+        raise TypeError(
+            f"prompt is {type(prompt).__name__} ({_short(prompt)}); pass text, "
+            "for example prompt.decode('utf-8')."
+        )
+    raise TypeError(
+        f"prompt must be a str or a list of str, not {type(prompt).__name__} ({_short(prompt)})."
+    )
+
+
+def _check_one_prompt(text: str, where: str) -> None:
+    if not text.strip():
+        raise ValueError(f"{where} is empty or only whitespace ({text!r}); pass some text to continue.")
+
+
+def check_length(name: str, value: Any, *, limit: int, allow_none: bool = True) -> int | None:
+    """Check a token count: a positive int no larger than ``limit`` (the model's context)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{name} must be a positive int (a number of tokens), not {type(value).__name__} "
+            f"({_short(value)})."
+        )
+    value = int(value)
+    if value <= 0:
+        raise ValueError(f"{name} must be at least 1, got {value}.")
+    if value > limit:
+        raise ValueError(
+            f"{name}={value} is larger than the model's context of {limit} tokens; "
+            f"pass a value of at most {limit}."
+        )
+    return value
+
+
+def check_sampling(options: dict[str, Any]) -> None:
+    """Validate sampling settings in place; raise for out-of-range or contradictory values."""
+    do_sample = options.get("do_sample", False)
+    if not isinstance(do_sample, bool):
+        raise TypeError(f"do_sample must be True or False, not {_short(do_sample)}.")
+    if not do_sample:
+        given = [k for k in SAMPLING_KEYWORDS if options.get(k) is not None]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} only apply when sampling; pass do_sample=True as well "
+                "(greedy decoding is the default)."
+            )
+    _check_number(options, "temperature", low=0.0, high=100.0, low_open=True)
+    _check_number(options, "top_p", low=0.0, high=1.0, low_open=True)
+    _check_number(options, "repetition_penalty", low=0.0, high=100.0, low_open=True)
+    top_k = options.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0):
+        raise ValueError(f"top_k must be an int ≥ 0 (0 turns it off), got {_short(top_k)}.")
+    seed = options.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63):
+        raise ValueError(f"seed must be an int between 0 and 2**63 - 1, got {_short(seed)}.")
+
+
+def _check_number(options: dict, name: str, *, low: float, high: float, low_open: bool) -> None:
+    value = options.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__} ({_short(value)}).")
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high or value != value:  # value != value catches NaN
+        bound = f"> {low}" if low_open else f"≥ {low}"
+        raise ValueError(f"{name} must be {bound} and ≤ {high}, got {value!r}.")
+
+
+def check_generate_keywords(options: dict[str, Any]) -> None:
+    """Reject keywords that model.generate() would not understand, naming them."""
+    from transformers import GenerationConfig
+
+    known = {k for k in vars(GenerationConfig()) if not k.startswith("_")}
+    known |= _GENERATE_CALL_KEYWORDS | set(SAMPLING_KEYWORDS)
+    reserved = sorted(set(options) & _RESERVED_KEYWORDS)
+    if reserved:
+        raise TypeError(
+            f"generate() sets {', '.join(reserved)} itself; pass the prompt as text and "
+            "max_length / max_new_tokens as their own arguments."
+        )
+    unknown = sorted(k for k in options if k not in known or k.startswith("_"))
+    if unknown:
+        raise TypeError(
+            f"generate() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}. "
+            "Use max_length, max_new_tokens, do_sample, temperature, top_p, top_k, "
+            "repetition_penalty, seed, or another transformers GenerationConfig field."
+        )
+    returns = options.get("num_return_sequences", 1)
+    if returns != 1:
+        raise ValueError(
+            f"num_return_sequences={returns!r} is not supported; call generate() several "
+            "times with do_sample=True and different seeds instead."
+        )
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_messages(messages: Any) -> list[dict[str, str]]:
+    """Return a chat conversation as a list of role/content dicts, or raise saying what is wrong."""
+    if isinstance(messages, str):
+        _check_one_prompt(messages, where="message")
+        return [{"role": "user", "content": messages}]
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise TypeError(
+            "messages must be a str or a non-empty list of {'role': ..., 'content': ...} dicts, "
+            f"not {_short(messages)}."
+        )
+    conversation = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
+            raise TypeError(
+                f"messages[{i}] is {_short(message)}; each message must be a dict with str "
+                "'role' ('system', 'user' or 'assistant') and str 'content'."
+            )
+        conversation.append({"role": message["role"], "content": message["content"]})
+    if conversation[-1]["role"] != "user":
+        raise ValueError("The last message must come from the 'user' role: the model answers it.")
+    return conversation
