@@ -99,7 +99,5 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if not isinstance(dtype, str):
         raise TypeError(f"dtype must be 'auto', a dtype name or a torch.dtype, not {type(dtype).__name__}.")
     if dtype not in DTYPE_NAMES:
-        raise ValueError(
-            f"Unknown dtype {dtype!r}. Use 'auto', 'float32', 'bfloat16' or 'float16'."
-        )
+        raise ValueError(f"Unknown dtype {dtype!r}. Use 'auto', 'float32', 'bfloat16' or 'float16'.")
     return DTYPE_NAMES[dtype]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,9 @@ def resolve_source(model_id: str | os.PathLike | None) -> ModelSource:
             f"model_id must be a hub id, a local path or None, not {type(model_id).__name__} ({model_id!r})."
         )
     if not model_id.strip():
-        raise ValueError("model_id is empty. Pass a hub id such as 'gpt2', a local folder, or None for the default model.")
+        raise ValueError(
+            "model_id is empty. Pass a hub id such as 'gpt2', a local folder, or None for the default model."
+        )
     path = Path(model_id).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":
@@ -61,6 +64,17 @@ def resolve_source(model_id: str | os.PathLike | None) -> ModelSource:
             )
         return ModelSource(str(path.parent), model_id, {"gguf_file": path.name})
     if path.is_dir():
+        if not any((path / name).is_file() for name in ("config.json", "adapter_config.json")):
+            ggufs = sorted(p.name for p in path.glob("*.gguf"))
+            fix = (
+                f"pass the .gguf file itself, e.g. {str(path / ggufs[0])!r}"
+                if ggufs
+                else "pass a folder written by save_pretrained() or a hub snapshot"
+            )
+            raise ModelLoadError(
+                f"Could not load model {model_id!r}: the folder has no config.json, so it is not a "
+                f"transformers model folder. Check the path, or {fix}."
+            )
         return ModelSource(str(path), model_id)
     # A hub id is "name" or "org/name"; anything else that does not exist is a bad path.
     if model_id.startswith((".", "/", "~", "\\")) or model_id.count("/") > 1:
@@ -106,8 +120,14 @@ def load_model_and_tokenizer(
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:
+        unknown = _unknown_keyword(exc, load_kwargs)
+        if unknown is not None:
+            raise TypeError(
+                f"HuggingFaceLLM() got an unexpected keyword argument {unknown!r}: extra keywords go "
+                "to from_pretrained, which does not take it. Check the spelling, or use one of "
+                "revision, token, use_safetensors, attn_implementation, cache_dir, local_files_only."
+            ) from None
         message = _load_failure_message(source, exc, kwargs)
-        logger.error(message)
         raise ModelLoadError(message) from None
     return model, tokenizer
 
@@ -131,12 +151,13 @@ def _check_hub_reachable(source: ModelSource, kwargs: dict[str, Any]) -> None:
             f"the Hub ({host}) cannot be reached. Connect to the internet, pass a local folder or "
             ".gguf file, or use HuggingFaceLLM() for the embedded default model, which works offline."
         )
-        logger.error(message)
         raise ModelLoadError(message) from None
 
 
 def _offline_mode() -> bool:
-    return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
@@ -147,6 +168,14 @@ def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
     except Exception:  # a malformed id: let from_pretrained give its own reason
         return False
     return isinstance(found, str)
+
+
+def _unknown_keyword(exc: Exception, load_kwargs: dict[str, Any]) -> str | None:
+    """The user's keyword that a model class rejected ("unexpected keyword argument 'x'"), if any."""
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+    if isinstance(exc, TypeError) and found and found.group(1) in load_kwargs:
+        return found.group(1)
+    return None
 
 
 def _load_failure_message(source: ModelSource, exc: Exception, kwargs: dict[str, Any]) -> str:
@@ -166,6 +195,8 @@ def _load_failure_message(source: ModelSource, exc: Exception, kwargs: dict[str,
             "This model has no safetensors weights. If you trust its source, pass "
             "use_safetensors=False to allow pickle (.bin) checkpoints."
         )
+    elif "device_map" in reason:
+        hint = "Pass device_map='auto', a device name such as 'cpu' or 'cuda:0', or a dict of module: device."
     elif "trust_remote_code" in reason:
         hint = "This model needs its own Python code; pass trust_remote_code=True only if you trust its source."
     return f"Could not load model {source.label!r} ({type(exc).__name__}: {reason}). {hint}"

@@ -28,22 +28,22 @@ def build_quantization_config(config: Any, compute_dtype: torch.dtype) -> Any:
         options = dict(config)
     else:
         raise TypeError(
-            f"quantization_config must be a dict such as {{'load_in_4bit': True}}, "
-            f"not {type(config).__name__}."
+            f"quantization_config must be a dict such as {{'load_in_4bit': True}}, not {type(config).__name__}."
         )
     valid = _valid_keys()
     unknown = sorted(str(k) for k in options if k not in valid)
     if unknown:
         raise ValueError(
-            f"Unknown quantization_config key(s): {', '.join(unknown)}. "
-            f"Valid keys: {', '.join(sorted(valid))}."
+            f"Unknown quantization_config key(s): {', '.join(unknown)}. Valid keys: {', '.join(sorted(valid))}."
         )
     four, eight = options.get("load_in_4bit", False), options.get("load_in_8bit", False)
     for name, flag in (("load_in_4bit", four), ("load_in_8bit", eight)):
         if not isinstance(flag, bool):
             raise TypeError(f"quantization_config[{name!r}] must be True or False, not {flag!r}.")
     if four and eight:
-        raise ValueError("quantization_config asks for both 4-bit and 8-bit; choose one of load_in_4bit or load_in_8bit.")
+        raise ValueError(
+            "quantization_config asks for both 4-bit and 8-bit; choose one of load_in_4bit or load_in_8bit."
+        )
     if not (four or eight):
         raise ValueError("quantization_config needs load_in_4bit=True or load_in_8bit=True.")
     if importlib.util.find_spec("bitsandbytes") is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any
 
@@ -32,19 +33,15 @@ def check_prompt(prompt: Any) -> list[str]:
         for i, item in enumerate(prompt):
             if not isinstance(item, str):
                 raise TypeError(
-                    f"prompt[{i}] is {type(item).__name__} ({_short(item)}); every item of a "
-                    "prompt list must be a str."
+                    f"prompt[{i}] is {type(item).__name__} ({_short(item)}); every item of a prompt list must be a str."
                 )
             _check_one_prompt(item, where=f"prompt[{i}]")
         return list(prompt)
     if isinstance(prompt, (bytes, bytearray)):
         raise TypeError(
-            f"prompt is {type(prompt).__name__} ({_short(prompt)}); pass text, "
-            "for example prompt.decode('utf-8')."
+            f"prompt is {type(prompt).__name__} ({_short(prompt)}); pass text, for example prompt.decode('utf-8')."
         )
-    raise TypeError(
-        f"prompt must be a str or a list of str, not {type(prompt).__name__} ({_short(prompt)})."
-    )
+    raise TypeError(f"prompt must be a str or a list of str, not {type(prompt).__name__} ({_short(prompt)}).")
 
 
 def _check_one_prompt(text: str, where: str) -> None:
@@ -58,16 +55,14 @@ def check_length(name: str, value: Any, *, limit: int, allow_none: bool = True) 
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(
-            f"{name} must be a positive int (a number of tokens), not {type(value).__name__} "
-            f"({_short(value)})."
+            f"{name} must be a positive int (a number of tokens), not {type(value).__name__} ({_short(value)})."
         )
     value = int(value)
     if value <= 0:
         raise ValueError(f"{name} must be at least 1, got {value}.")
     if value > limit:
         raise ValueError(
-            f"{name}={value} is larger than the model's context of {limit} tokens; "
-            f"pass a value of at most {limit}."
+            f"{name}={value} is larger than the model's context of {limit} tokens; pass a value of at most {limit}."
         )
     return value
 
@@ -80,19 +75,30 @@ def check_sampling(options: dict[str, Any]) -> None:
     if not do_sample:
         given = [k for k in SAMPLING_KEYWORDS if options.get(k) is not None]
         if given:
+            verb = "applies" if len(given) == 1 else "apply"
             raise ValueError(
-                f"{', '.join(given)} only apply when sampling; pass do_sample=True as well "
+                f"{', '.join(given)} only {verb} when sampling; pass do_sample=True as well "
                 "(greedy decoding is the default)."
             )
     _check_number(options, "temperature", low=0.0, high=100.0, low_open=True)
     _check_number(options, "top_p", low=0.0, high=1.0, low_open=True)
     _check_number(options, "repetition_penalty", low=0.0, high=100.0, low_open=True)
     top_k = options.get("top_k")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0):
-        raise ValueError(f"top_k must be an int ≥ 0 (0 turns it off), got {_short(top_k)}.")
+    if top_k is not None:
+        _check_int_type("top_k", top_k)
+        if top_k < 0:
+            raise ValueError(f"top_k must be an int ≥ 0 (0 turns it off), got {_short(top_k)}.")
     seed = options.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63):
-        raise ValueError(f"seed must be an int between 0 and 2**63 - 1, got {_short(seed)}.")
+    if seed is not None:
+        _check_int_type("seed", seed)
+        if not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be an int between 0 and 2**63 - 1, got {_short(seed)}.")
+
+
+def _check_int_type(name: str, value: Any) -> None:
+    # A wrong type is a TypeError, like check_length's, so callers can tell it from a bad value.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__} ({_short(value)}).")
 
 
 def _check_number(options: dict, name: str, *, low: float, high: float, low_open: bool) -> None:
@@ -109,10 +115,7 @@ def _check_number(options: dict, name: str, *, low: float, high: float, low_open
 
 def check_generate_keywords(options: dict[str, Any]) -> None:
     """Reject keywords that model.generate() would not understand, naming them."""
-    from transformers import GenerationConfig
-
-    known = {k for k in vars(GenerationConfig()) if not k.startswith("_")}
-    known |= _GENERATE_CALL_KEYWORDS | set(SAMPLING_KEYWORDS)
+    known = _known_generate_keywords()
     reserved = sorted(set(options) & _RESERVED_KEYWORDS)
     if reserved:
         raise TypeError(
@@ -134,6 +137,14 @@ def check_generate_keywords(options: dict[str, Any]) -> None:
         )
 
 
+@functools.cache
+def _known_generate_keywords() -> frozenset[str]:
+    from transformers import GenerationConfig
+
+    fields = {k for k in vars(GenerationConfig()) if not k.startswith("_")}
+    return frozenset(fields | _GENERATE_CALL_KEYWORDS | set(SAMPLING_KEYWORDS))
+
+
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -151,7 +162,11 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
         )
     conversation = []
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("role"), str)
+            or not isinstance(message.get("content"), str)
+        ):
             raise TypeError(
                 f"messages[{i}] is {_short(message)}; each message must be a dict with str "
                 "'role' ('system', 'user' or 'assistant') and str 'content'."

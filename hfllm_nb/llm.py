@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from . import _device, _loading, _validation
+from . import _device, _fast_decode, _loading, _validation
 from ._quantization import build_quantization_config
 from ._streaming import StepWatch, ThreadedTextStream
-from .errors import GenerationError
+from .errors import GenerationError, ModelLoadError
 
 logger = logging.getLogger("hfllm_nb")
 
@@ -67,6 +67,8 @@ class HuggingFaceLLM:
             "bfloat16" or "float16".
         device_map: e.g. "auto" to let accelerate place layers over GPUs and CPU.
         trust_remote_code: run Python code that ships with a hub model. Off unless you trust it.
+        compile: decode with a static KV cache and a ``torch.compile``'d step, compiled once
+            here at load (see ``_fast_decode``). Greedy text is unchanged; not with quantization.
         **load_kwargs: passed to ``from_pretrained`` (revision, token, use_safetensors, …).
 
     Example:
@@ -85,8 +87,10 @@ class HuggingFaceLLM:
         dtype: str | torch.dtype = "auto",
         device_map: str | dict | None = None,
         trust_remote_code: bool = False,
+        compile: bool = False,
         **load_kwargs: Any,
     ) -> None:
+        _fast_decode.check_compile(compile, quantization_config)
         if not isinstance(trust_remote_code, bool):
             raise TypeError(f"trust_remote_code must be True or False, not {trust_remote_code!r}.")
         if device is not None and device_map is not None:
@@ -98,17 +102,21 @@ class HuggingFaceLLM:
         self.dtype = _device.resolve_dtype(dtype, target)
         quantization = build_quantization_config(quantization_config, self.dtype)
         started = time.perf_counter()
-        source = _loading.resolve_source(model_id)
-        self.model_id = source.label if model_id is None else str(model_id)
-        self.model, self.tokenizer = _loading.load_model_and_tokenizer(
-            source,
-            dtype=self.dtype,
-            # Loading straight onto the device avoids a CPU copy; quantized weights must never be .to()'d.
-            device_map=device_map if device_map is not None else {"": str(target)},
-            quantization=quantization,
-            trust_remote_code=trust_remote_code,
-            load_kwargs=load_kwargs,
-        )
+        try:
+            source = _loading.resolve_source(model_id)
+            self.model_id = source.label if model_id is None else str(model_id)
+            self.model, self.tokenizer = _loading.load_model_and_tokenizer(
+                source,
+                dtype=self.dtype,
+                # Loading straight onto the device avoids a CPU copy; quantized weights must never be .to()'d.
+                device_map=device_map if device_map is not None else {"": str(target)},
+                quantization=quantization,
+                trust_remote_code=trust_remote_code,
+                load_kwargs=load_kwargs,
+            )
+        except ModelLoadError as exc:
+            logger.error("%s", exc)  # the one place load failures are logged, whatever raised them
+            raise
         self.load_seconds = time.perf_counter() - started
         self.model.eval()
         self.device = self.model.device
@@ -117,15 +125,23 @@ class HuggingFaceLLM:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.context_length = self._context_length()
-        self.max_length = _validation.check_length("max_length", max_length, limit=self.context_length, allow_none=False)
+        self.max_length = _validation.check_length(
+            "max_length", max_length, limit=self.context_length, allow_none=False
+        )
         self.last_stats: GenerationStats | None = None
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
+        self._fast = _fast_decode.FastDecode(self.device, self.context_length) if compile else None
+        if self._fast is not None:
+            self._fast.warm_up(self.generate)
+            self.last_stats = None
         logger.info("Loaded %s on %s as %s in %.1f s.", self.model_id, self.device, self.dtype, self.load_seconds)
 
     def __repr__(self) -> str:
         kind = "quantized" if self.quantized else str(self.dtype).replace("torch.", "")
-        return f"HuggingFaceLLM(model_id={self.model_id!r}, device='{self.device}', {kind}, max_length={self.max_length})"
+        return (
+            f"HuggingFaceLLM(model_id={self.model_id!r}, device='{self.device}', {kind}, max_length={self.max_length})"
+        )
 
     # ----------------------------------------------------------------- public API
 
@@ -225,10 +241,23 @@ class HuggingFaceLLM:
         """Stop the generation running on this object (from another thread or a widget)."""
         self._stop_event.set()
 
-    def count_tokens(self, text: str) -> int:
-        """How many tokens ``text`` takes as a prompt (what counts against max_length)."""
+    def count_tokens(self, text: str, *, add_special_tokens: bool = True) -> int:
+        """How many tokens ``text`` takes as a prompt (what counts against max_length).
+
+        Pass ``add_special_tokens=False`` for text from ``format_chat``, as ``chat`` does.
+        """
         _validation.check_prompt(text)
-        return len(self.tokenizer(text)["input_ids"])
+        return len(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    @property
+    def sampling_defaults(self) -> dict[str, float | int]:
+        """temperature, top_p and top_k that ``do_sample=True`` uses unless you pass them."""
+        config = self.model.generation_config
+        fallback = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}  # transformers' own defaults
+        return {
+            name: value if (value := getattr(config, name, None)) is not None else default
+            for name, default in fallback.items()
+        }
 
     @property
     def is_busy(self) -> bool:
@@ -276,8 +305,8 @@ class HuggingFaceLLM:
         _validation.check_generate_keywords(options)
         _validation.check_sampling(options)
         seed = options.pop("seed", None)
-        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
-        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        encoded = self.tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]
+        lengths = [len(ids) for ids in encoded]
         budgets = []
         for i, length in enumerate(lengths):
             where = "The prompt" if len(prompts) == 1 else f"prompt[{i}]"
@@ -297,8 +326,22 @@ class HuggingFaceLLM:
                     f"{length}, or pass max_new_tokens=N to count only new tokens."
                 )
             budgets.append(limit - length)
-        inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
+        inputs = self._left_pad(encoded)
         return _Request(inputs=inputs, budgets=budgets, options=options, seed=seed)
+
+    def _left_pad(self, encoded: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Batch token lists, padded on the left so every prompt ends where generation starts.
+
+        Padding here rather than with ``tokenizer(..., padding=True)`` keeps the fast tokenizer's
+        shared state untouched, so a streamer decoding in another thread never collides with it.
+        """
+        width = max(len(ids) for ids in encoded)
+        input_ids = torch.full((len(encoded), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, ids in enumerate(encoded):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
+        return {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
 
     def _run(self, request: _Request, streamer: Any = None) -> torch.Tensor:
         """Call ``model.generate``; the caller holds ``self._lock``."""
@@ -310,11 +353,17 @@ class HuggingFaceLLM:
         criteria = StoppingCriteriaList([watch, *(options.pop("stopping_criteria", None) or [])])
         options.setdefault("do_sample", False)
         options.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        if self._fast is not None:
+            options = {**self._fast.options(request.prompt_width, max(request.budgets)), **options}
         on_cuda = self.device.type == "cuda"
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         # Sampling with a seed must not disturb the user's global RNG state.
-        rng = torch.random.fork_rng(devices=[self.device] if on_cuda else []) if request.seed is not None else contextlib.nullcontext()
+        rng = (
+            torch.random.fork_rng(devices=[self.device] if on_cuda else [])
+            if request.seed is not None
+            else contextlib.nullcontext()
+        )
         output = None
         try:
             with rng, torch.inference_mode():
@@ -345,7 +394,9 @@ class HuggingFaceLLM:
         if output is not None:
             new_part = output[:, request.prompt_width :]
             real = new_part != self.tokenizer.pad_token_id
-            new_tokens = int(sum(min(int(row.sum()), budget) for row, budget in zip(real, request.budgets)))
+            new_tokens = int(
+                sum(min(int(row.sum()), budget) for row, budget in zip(real, request.budgets, strict=True))
+            )
         else:
             new_tokens = watch.steps * len(request.budgets)
         first = watch.first_token_at - watch.started if watch.first_token_at is not None else None
@@ -363,7 +414,7 @@ class HuggingFaceLLM:
         width = request.prompt_width
         mask = request.inputs["attention_mask"]
         texts = []
-        for row, row_mask, budget in zip(output, mask, request.budgets):
+        for row, row_mask, budget in zip(output, mask, request.budgets, strict=True):
             # Cut each row to its own budget, so a batch item equals its single-prompt result.
             new_ids = row[width : width + budget]
             ids = torch.cat([row[:width][row_mask.bool()], new_ids]) if return_full_text else new_ids

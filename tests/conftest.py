@@ -27,9 +27,8 @@ def llm(default_model_dir):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, default_model_dir):
     """A 2-layer random Llama with SmolLM2's tokenizer: loads in well under a second."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path_factory.mktemp("tiny-llama")
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir)

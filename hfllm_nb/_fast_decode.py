@@ -1,0 +1,95 @@
+"""Opt-in fast decoding: a static KV cache and a ``torch.compile``'d decode step.
+
+transformers' ``generate`` compiles the one-token forward itself when the cache is
+static and ``compile_config`` allows the device. This module chooses those settings,
+sizes the cache in power-of-two buckets so that prompts of different lengths share one
+compiled graph, and warms the graph up once, at load time instead of on the first call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+logger = logging.getLogger("hfllm_nb")
+
+# Smallest static cache, in tokens: short chats share one size, and attention over
+# this many slots costs little next to reading the weights.
+MIN_CACHE_LENGTH = 256
+# A prompt and budget that make generate run the compiled decode step at least twice.
+_WARM_UP_PROMPT = "Hello"
+_WARM_UP_TOKENS = 4
+
+
+def check_compile(compile: Any, quantization_config: Any) -> bool:
+    """Validate the ``compile`` argument of ``HuggingFaceLLM`` before anything loads."""
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be True or False, not {compile!r}.")
+    if compile and quantization_config is not None:
+        raise ValueError(
+            "compile=True does not work with quantization_config: bitsandbytes layers cannot be "
+            "compiled. Drop one of the two (on CPU, dtype='bfloat16' with compile=True is "
+            "usually the faster choice)."
+        )
+    return compile
+
+
+def compile_config(device: torch.device) -> Any:
+    """The ``CompileConfig`` for ``device``: CUDA graphs on CUDA, plain inductor elsewhere."""
+    from transformers import CompileConfig
+
+    if device.type == "cuda":
+        return CompileConfig()  # transformers' default: inductor with mode="reduce-overhead"
+    # "reduce-overhead" means CUDA graphs, which do not exist here.
+    config = CompileConfig(mode="default")
+    # generate only auto-compiles on accelerators unless told otherwise.
+    config._compile_all_devices = True
+    return config
+
+
+class FastDecode:
+    """The ``generate`` settings for the fast path of one model, and its warm-up.
+
+    Args:
+        device: where the model runs.
+        context_length: the model's context; no cache is made longer than this.
+    """
+
+    def __init__(self, device: torch.device, context_length: int) -> None:
+        self.context_length = context_length
+        self.compile_config = compile_config(device)
+        self.compile_seconds: float | None = None
+
+    def cache_length(self, needed: int) -> int:
+        """The static cache size for ``needed`` tokens: the next power of two ≥ 256.
+
+        Few distinct sizes mean few compiled graphs; transformers also never shrinks the
+        cache of a model, so a size once reached is reused by every later call.
+        """
+        size = MIN_CACHE_LENGTH
+        while size < needed:
+            size *= 2
+        return max(min(size, self.context_length), needed)
+
+    def options(self, prompt_width: int, new_tokens: int) -> dict[str, Any]:
+        """``generate`` keywords for a call on a prompt ``prompt_width`` tokens wide."""
+        return {
+            "cache_implementation": "static",
+            "max_cache_len": self.cache_length(prompt_width + new_tokens),
+            "compile_config": self.compile_config,
+        }
+
+    def warm_up(self, generate: Any) -> float:
+        """Compile the decode step now by calling ``generate(prompt, **kwargs)`` once.
+
+        Batches of two or more prompts compile one more graph on their first call, which
+        then serves every batch size.
+        """
+        started = time.perf_counter()
+        generate(_WARM_UP_PROMPT, max_new_tokens=_WARM_UP_TOKENS, min_new_tokens=_WARM_UP_TOKENS)
+        self.compile_seconds = time.perf_counter() - started
+        logger.info("Compiled the decode step in %.1f s.", self.compile_seconds)
+        return self.compile_seconds

@@ -1,0 +1,371 @@
+"""``LLMPanel``: prompt box, sliders, streamed output, stats and memory for one ``HuggingFaceLLM``.
+
+The panel holds no model logic: callbacks read widget values, call the public
+``HuggingFaceLLM`` API (``stream``, ``chat``, ``stop``, ``count_tokens``) and write results.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as widgets
+
+from . import _validation
+from .errors import GenerationError
+from .memory import check_interval
+from .monitor import MemoryMonitor
+
+if TYPE_CHECKING:
+    from .llm import GenerationStats, HuggingFaceLLM
+
+logger = logging.getLogger("hfllm_nb")
+
+# Past this a slider is too coarse to aim with; a larger max_length=... still widens it.
+_SLIDER_MAX_LENGTH = 2048
+_SAMPLING = _validation.SAMPLING_KEYWORDS  # temperature, top_p, top_k, seed
+_SETTINGS = ("prompt", "max_length", "do_sample", *_SAMPLING, "chat_mode", "memory_interval")
+_NO_SEED = -1  # the seed box shows this for "no seed": a fresh sample every run
+_WIDE = {"description_width": "initial"}
+_PROMPT_STYLE = "color:#6a737d"
+_CONTINUATION_STYLE = "font-weight:600"
+_OUTPUT_STYLE = (
+    "white-space:pre-wrap;font-family:var(--jp-code-font-family,monospace);"
+    "line-height:var(--jp-code-line-height,1.4);min-height:3em"
+)
+
+
+def render_output(prompt: str, continuation: str, *, chat: bool = False) -> str:
+    """The output HTML: the prompt in grey, the continuation in bold, all text escaped."""
+    shown_prompt = prompt + "\n\n" if chat else prompt
+    return (
+        f'<div class="hfllm-output" style="{_OUTPUT_STYLE}">'
+        f'<span class="hfllm-prompt" style="{_PROMPT_STYLE}">{html.escape(shown_prompt)}</span>'
+        f'<span class="hfllm-continuation" style="{_CONTINUATION_STYLE}">'
+        f"{html.escape(continuation)}</span>"
+        "</div>"
+    )
+
+
+def _model_default(llm: HuggingFaceLLM, name: str) -> Any:
+    """A sampling default as ``generate`` would use it (one source: the model object)."""
+    return llm.sampling_defaults[name]
+
+
+def _slider(kind: type, name: str, start: dict[str, Any], low: Any, high: Any, step: Any) -> Any:
+    # The range widens to take in a validated value outside the usual one.
+    value = start[name]
+    return kind(value, min=min(low, value), max=max(high, value), step=step, description=name, style=_WIDE)
+
+
+class LLMPanel(widgets.VBox):
+    """Type a prompt, press Generate, watch the text stream in.
+
+    Args:
+        llm: the model to drive (``llm.panel()`` builds one for you).
+        **initial_settings: prompt, max_length, do_sample, temperature, top_p, top_k, seed
+            (None: a new sample each run), chat_mode, memory_interval. Defaults come from
+            ``llm`` (``llm.max_length``, the model's generation config).
+
+    Anything the panel does is one call on ``llm``: ``llm.stream(prompt, **panel.settings())``.
+
+    >>> panel = llm.panel(prompt="Once upon a time,", max_length=60)   # doctest: +SKIP
+    >>> panel                       # display it; or drive it from code:
+    >>> panel.generate(); panel.wait(); panel.result_text
+    """
+
+    render_interval = 0.05  # seconds between output redraws (≤ 20/s keeps comms off the hot path)
+
+    def __init__(self, llm: HuggingFaceLLM, **initial_settings: Any) -> None:
+        self.llm = llm
+        start = self._check_settings(llm, initial_settings)
+        has_template = bool(getattr(llm.tokenizer, "chat_template", None))
+        self.prompt = widgets.Textarea(
+            value=start["prompt"],
+            placeholder="Type a prompt, then press Generate",
+            layout={"width": "100%", "height": "6em"},
+        )
+        self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
+        self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
+        self.chat_mode = widgets.Checkbox(
+            value=start["chat_mode"],
+            description="chat",
+            disabled=not has_template,
+            indent=False,
+            tooltip="Wrap the prompt in the chat template" if has_template else "This tokenizer has no chat template",
+        )
+        self.max_length = widgets.IntSlider(
+            value=start["max_length"],
+            min=1,
+            max=max(min(llm.context_length, _SLIDER_MAX_LENGTH), start["max_length"]),
+            description="max_length",
+            style=_WIDE,
+            continuous_update=False,
+        )
+        self.prompt_tokens = widgets.HTML()
+        self.do_sample = widgets.Checkbox(value=start["do_sample"], description="sample", indent=False)
+        self.temperature = _slider(widgets.FloatSlider, "temperature", start, 0.05, 2.0, 0.05)
+        self.top_p = _slider(widgets.FloatSlider, "top_p", start, 0.05, 1.0, 0.05)
+        self.top_k = _slider(widgets.IntSlider, "top_k", start, 0, 200, 1)
+        self.seed = widgets.IntText(
+            value=start["seed"],
+            description="seed",
+            layout={"width": "10em"},
+            style=_WIDE,
+            tooltip=f"{_NO_SEED}: a new sample every run",
+        )
+        self.output = widgets.HTML(render_output("", ""))
+        self.status = widgets.HTML()
+        self.error = widgets.HTML()
+        self.memory = MemoryMonitor(start["memory_interval"], llm=llm)
+
+        self.result_text = ""  # plain continuation of the last (or current) run
+        self.last_stats: GenerationStats | None = None
+        self.last_error: BaseException | None = None
+        self._busy = False
+        self._state_lock = threading.Lock()
+        self._stop_requested = threading.Event()
+        self._worker: threading.Thread | None = None
+
+        self.generate_button.on_click(lambda _: self.generate())
+        self.stop_button.on_click(lambda _: self.stop())
+        self.prompt.observe(self._show_prompt_tokens, "value")
+        self.max_length.observe(self._show_prompt_tokens, "value")
+        self.chat_mode.observe(self._show_prompt_tokens, "value")
+        self.do_sample.observe(self._enable_sampling, "value")
+        self._show_prompt_tokens()
+        self._enable_sampling()
+        self._own = [
+            self.prompt,
+            self.generate_button,
+            self.stop_button,
+            self.chat_mode,
+            self.max_length,
+            self.prompt_tokens,
+            self.do_sample,
+            self.temperature,
+            self.top_p,
+            self.top_k,
+            self.seed,
+            self.output,
+            self.status,
+            self.error,
+        ]
+        rows = [
+            widgets.HBox([self.generate_button, self.stop_button, self.chat_mode]),
+            widgets.HBox([self.max_length, self.prompt_tokens]),
+            widgets.HBox([self.do_sample, self.temperature, self.top_p, self.top_k, self.seed]),
+        ]
+        self._boxes = rows
+        super().__init__([self.prompt, *rows, self.output, self.status, self.error, self.memory])
+
+    # ---------------------------------------------------------------- public API
+
+    def settings(self) -> dict[str, Any]:
+        """The keyword arguments the widgets stand for, as ``llm.generate`` takes them."""
+        options: dict[str, Any] = {
+            "max_length": self.max_length.value,
+            "do_sample": self.do_sample.value,
+        }
+        if self.do_sample.value:
+            options.update(temperature=self.temperature.value, top_p=self.top_p.value, top_k=self.top_k.value)
+            if self.seed.value != _NO_SEED:
+                options["seed"] = self.seed.value
+        return options
+
+    @property
+    def is_busy(self) -> bool:
+        """True from Generate until the run has ended and the panel shows its result."""
+        return self._busy
+
+    def generate(self) -> bool:
+        """Start a run in a background thread, as clicking Generate does.
+
+        Returns False (and starts nothing) while a run is going, or when the input is
+        rejected; the reason then shows in ``error``.
+        """
+        with self._state_lock:
+            if self._busy:  # a double click, or Generate pressed again while running
+                return False
+            self._busy = True
+        self._show_running(True)
+        self.error.value = ""
+        self.last_error = None
+        self._stop_requested.clear()
+        prompt, chat = self.prompt.value, self.chat_mode.value
+        try:
+            if self.llm.is_busy:
+                raise GenerationError("The model is busy with another generation; wait for it, or call llm.stop().")
+            stats_before = self.llm.last_stats
+            kwargs = self.settings()
+            # Validation happens here, in the caller's thread, before any thread starts.
+            chunks = self.llm.chat(prompt, stream=True, **kwargs) if chat else self.llm.stream(prompt, **kwargs)
+        except Exception as exc:
+            self._show_error(exc)
+            self._show_running(False)
+            return False
+        self.result_text = ""
+        self.output.value = render_output(prompt, "", chat=chat)
+        self.status.value = "generating…"
+        self._worker = threading.Thread(
+            target=self._work,
+            args=(chunks, prompt, chat, stats_before),
+            name="hfllm_nb-panel",
+            daemon=True,
+        )
+        self._worker.start()
+        return True
+
+    def stop(self) -> None:
+        """Stop the running generation within one step, as clicking Stop does."""
+        if not self._busy:
+            return  # never stop a generation that someone else started on this model
+        self._stop_requested.set()
+        self.llm.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the panel is idle (or ``timeout`` seconds pass); True if idle."""
+        worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout)
+        return not self._busy
+
+    def close(self) -> None:
+        """Stop the generation and the memory readout, then close every widget."""
+        if not hasattr(self, "_boxes"):  # __init__ failed (ipywidgets closes from __del__)
+            return super().close()
+        self.stop()
+        self.wait(timeout=30)
+        self.memory.close()
+        for widget in (*self._own, *self._boxes):
+            widget.close()
+        super().close()
+
+    # ---------------------------------------------------------------- callbacks
+
+    def _work(self, chunks: Iterator[str], prompt: str, chat: bool, stats_before: GenerationStats | None) -> None:
+        """The background run; whatever happens, it ends with the panel idle again."""
+        failure = None
+        try:
+            self.memory.generation_started()
+            self._read(chunks, prompt, chat)
+        except Exception as exc:
+            failure = exc
+        finally:
+            try:
+                chunks.close()  # ends generation within one step and waits for its thread
+                self.memory.generation_finished()
+                stats = self.llm.last_stats
+                self.last_stats = stats if stats is not stats_before else None
+                self.output.value = render_output(prompt, self.result_text, chat=chat)
+                self.status.value = self._describe(self.last_stats)
+            except Exception as exc:
+                failure = failure or exc
+            if failure is not None:
+                self._show_error(failure)
+            self._show_running(False)
+
+    def _read(self, chunks: Iterator[str], prompt: str, chat: bool) -> None:
+        """Collect chunks into ``result_text``; redraw at most every ``render_interval`` s."""
+        started = last_draw = time.perf_counter()
+        first = None
+        if self._stop_requested.is_set():
+            return  # stopped before it began: never take the model
+        for piece in chunks:
+            self.result_text += piece
+            # llm.stop() alone can miss a Stop sent while generation was starting up. Keep reading
+            # afterwards: the stream ends within a step and flushes the word it was holding back.
+            if self._stop_requested.is_set():
+                self.llm.stop()
+            now = time.perf_counter()
+            first = now - started if first is None else first
+            if now - last_draw >= self.render_interval:
+                last_draw = now
+                self.output.value = render_output(prompt, self.result_text, chat=chat)
+                self.status.value = f"generating… {now - started:.1f} s · first token after {first:.2f} s"
+
+    def _describe(self, stats: GenerationStats | None) -> str:
+        if stats is None:
+            return "stopped before the first token" if self._stop_requested.is_set() else ""
+        first = f"{stats.time_to_first_token:.2f} s" if stats.time_to_first_token is not None else "–"
+        end = " · <b>stopped</b>" if stats.stopped else ""
+        return (
+            f"{stats.new_tokens} tokens · {stats.tokens_per_second:.1f} tokens/s · "
+            f"first token after {first} · {stats.seconds:.2f} s{end}"
+        )
+
+    def _show_error(self, exc: BaseException) -> None:
+        self.last_error = exc
+        logger.debug("Panel run failed", exc_info=exc)
+        message = str(exc).strip() or "(no message)"
+        self.error.value = (
+            f'<span class="hfllm-error" style="color:#c62828">'
+            f"{html.escape(type(exc).__name__)}: {html.escape(message)}</span>"
+        )
+
+    def _show_running(self, running: bool) -> None:
+        self.generate_button.disabled = running
+        self.stop_button.disabled = not running
+        if not running:
+            with self._state_lock:
+                self._busy = False
+
+    def _enable_sampling(self, change: Any = None) -> None:
+        for widget in (self.temperature, self.top_p, self.top_k, self.seed):
+            widget.disabled = not self.do_sample.value
+
+    def _show_prompt_tokens(self, change: Any = None) -> None:
+        text = self.prompt.value
+        try:
+            if self.chat_mode.value:
+                count = self.llm.count_tokens(self.llm.format_chat(text), add_special_tokens=False)
+            else:
+                count = self.llm.count_tokens(text)
+        except (TypeError, ValueError):  # empty prompt
+            count = 0
+        limit = self.max_length.value
+        where = " (chat template included)" if self.chat_mode.value and count else ""
+        if count and count >= limit:
+            self.prompt_tokens.value = (
+                f'<span style="color:#c62828">prompt: {count} tokens{where}, raise max_length above {count}</span>'
+            )
+        else:
+            self.prompt_tokens.value = f"prompt: {count} tokens{where} · up to {limit - count} new"
+
+    @staticmethod
+    def _check_settings(llm: HuggingFaceLLM, given: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``given`` over the model's defaults, validating each value once."""
+        unknown = sorted(set(given) - set(_SETTINGS))
+        if unknown:
+            raise TypeError(
+                f"LLMPanel got unknown setting(s) {', '.join(map(repr, unknown))}; use {', '.join(_SETTINGS)}."
+            )
+        start = {
+            "prompt": "",
+            "max_length": llm.max_length,
+            "do_sample": False,
+            "seed": None,
+            "chat_mode": False,
+            "memory_interval": 1.0,
+            **{name: _model_default(llm, name) for name in ("temperature", "top_p", "top_k")},
+        }
+        start.update(given)
+        if not isinstance(start["prompt"], str):
+            raise TypeError(f"prompt must be a str, not {type(start['prompt']).__name__}.")
+        _validation.check_length("max_length", start["max_length"], limit=llm.context_length, allow_none=False)
+        for flag in ("do_sample", "chat_mode"):
+            if not isinstance(start[flag], bool):
+                raise TypeError(f"{flag} must be True or False, not {start[flag]!r}.")
+        # The sliders hold these even while sampling is off, so check them as if it were on.
+        sampling = {k: start[k] for k in _SAMPLING if start[k] is not None}
+        _validation.check_sampling({**sampling, "do_sample": True})
+        if start["chat_mode"] and not getattr(llm.tokenizer, "chat_template", None):
+            raise ValueError(f"chat_mode=True needs a chat template, and {llm.model_id!r} has none.")
+        check_interval(start["memory_interval"], "memory_interval")
+        start["seed"] = _NO_SEED if start["seed"] is None else start["seed"]
+        start["temperature"], start["top_p"] = float(start["temperature"]), float(start["top_p"])
+        return start

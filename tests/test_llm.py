@@ -1,0 +1,295 @@
+"""HuggingFaceLLM on the real default model: exact agreement with transformers, and every error path."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from hfllm_nb import GenerationError, HuggingFaceLLM
+
+PROMPTS = ["Once upon a time,", "The future of AI is", "def fibonacci(n):"]
+
+
+def raw_greedy(llm: HuggingFaceLLM, prompt: str, **lengths) -> str:
+    """What plain transformers gives for greedy decoding of the same model."""
+    inputs = llm.tokenizer(prompt, return_tensors="pt")
+    output = llm.model.generate(**inputs, do_sample=False, pad_token_id=llm.tokenizer.pad_token_id, **lengths)
+    return llm.tokenizer.decode(output[0], skip_special_tokens=True)
+
+
+@pytest.fixture
+def baseline(llm):
+    """Greedy output before a test, to prove the object still works the same after it."""
+    return llm.generate(PROMPTS[0], max_new_tokens=8)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_text_equals_raw_transformers_with_max_length(llm, prompt):
+    assert llm.generate(prompt, max_length=24) == raw_greedy(llm, prompt, max_length=24)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_text_equals_raw_transformers_with_max_new_tokens(llm, prompt):
+    assert llm.generate(prompt, max_new_tokens=12) == raw_greedy(llm, prompt, max_new_tokens=12)
+
+
+def test_default_max_length_comes_from_the_object(llm):
+    assert llm.max_length == 20
+    assert llm(PROMPTS[0]) == raw_greedy(llm, PROMPTS[0], max_length=20)
+
+
+def test_call_and_generate_are_the_same(llm):
+    assert llm(PROMPTS[1], max_length=22) == llm.generate(PROMPTS[1], max_length=22)
+
+
+def test_max_length_counts_the_prompt_tokens(llm):
+    prompt_tokens = llm.count_tokens(PROMPTS[0])
+    llm.generate(PROMPTS[0], max_length=prompt_tokens + 7)
+    assert llm.last_stats.prompt_tokens == prompt_tokens
+    assert llm.last_stats.new_tokens == 7
+
+
+def test_return_full_text_false_gives_only_the_continuation(llm):
+    full = llm.generate(PROMPTS[0], max_new_tokens=10)
+    continuation = llm.generate(PROMPTS[0], max_new_tokens=10, return_full_text=False)
+    assert full.startswith(PROMPTS[0])
+    assert continuation and not continuation.startswith(PROMPTS[0])
+    assert full == PROMPTS[0] + continuation
+
+
+def test_prompt_that_fills_max_length_names_both_numbers(llm, baseline):
+    prompt_tokens = llm.count_tokens(PROMPTS[0])
+    with pytest.raises(ValueError, match=rf"{prompt_tokens} tokens.*max_length={prompt_tokens}.*max_new_tokens"):
+        llm.generate(PROMPTS[0], max_length=prompt_tokens)
+    assert llm.generate(PROMPTS[0], max_new_tokens=8) == baseline
+
+
+def test_batch_gives_a_list_whose_items_equal_single_prompt_results(llm):
+    prompts = ["Hi", *PROMPTS, "A much longer prompt about the history of the Roman empire and its"]
+    batch = llm.generate(prompts, max_length=28)
+    assert isinstance(batch, list) and len(batch) == len(prompts)
+    assert batch == [llm.generate(p, max_length=28) for p in prompts]
+
+
+def test_batch_with_max_new_tokens_and_continuations_only(llm):
+    batch = llm.generate(PROMPTS, max_new_tokens=6, return_full_text=False)
+    assert batch == [llm.generate(p, max_new_tokens=6, return_full_text=False) for p in PROMPTS]
+
+
+def test_stream_pieces_join_to_the_generate_continuation(llm):
+    pieces = list(llm.stream(PROMPTS[1], max_new_tokens=24))
+    assert len(pieces) > 1
+    assert "".join(pieces) == llm.generate(PROMPTS[1], max_new_tokens=24, return_full_text=False)
+
+
+def test_closing_the_stream_early_stops_generation_within_one_step(llm, baseline):
+    stream = llm.stream(PROMPTS[0], max_new_tokens=400)
+    next(stream)
+    stream.close()
+    assert llm.last_stats.stopped
+    assert llm.last_stats.new_tokens <= 3
+    assert not llm.is_busy
+    assert llm.generate(PROMPTS[0], max_new_tokens=8) == baseline
+
+
+def test_an_error_in_the_generation_thread_is_raised_in_the_caller(llm, monkeypatch, baseline):
+    def broken_generate(**kwargs):
+        raise RuntimeError("boom inside generate")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(llm.model, "generate", broken_generate)
+        with pytest.raises(RuntimeError, match="boom inside generate"):
+            list(llm.stream(PROMPTS[0], max_new_tokens=5))
+    assert not llm.is_busy
+    assert llm.generate(PROMPTS[0], max_new_tokens=8) == baseline
+
+
+def test_stop_from_another_thread_ends_generate_early(llm):
+    timer = threading.Timer(0.5, llm.stop)
+    timer.start()
+    text = llm.generate(PROMPTS[0], max_new_tokens=500, min_new_tokens=500)
+    timer.join()
+    assert llm.last_stats.stopped
+    assert 0 < llm.last_stats.new_tokens < 500
+    assert text.startswith(PROMPTS[0])
+
+
+def test_chat_applies_the_template_and_returns_the_reply(llm):
+    prompt = llm.format_chat("What is the capital of France?")
+    assert "<|im_start|>user\nWhat is the capital of France?" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+    reply = llm.chat("What is the capital of France?", max_new_tokens=20)
+    assert "Paris" in reply
+    assert "<|im_start|>" not in reply and "user" not in reply
+
+
+def test_chat_accepts_a_multi_turn_conversation_and_streams(llm):
+    messages = [
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Nice to meet you, Ada!"},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    reply = llm.chat(messages, max_new_tokens=16)
+    assert "Ada" in reply
+    assert "".join(llm.chat(messages, max_new_tokens=16, stream=True)).strip() == reply
+
+
+def test_chat_without_a_template_says_what_to_do(tiny_llm, monkeypatch):
+    monkeypatch.setattr(tiny_llm.tokenizer, "chat_template", None)
+    with pytest.raises(ValueError, match="no chat template.*generate"):
+        tiny_llm.chat("hello")
+
+
+@pytest.mark.parametrize(
+    "messages, error",
+    [
+        ([], TypeError),
+        ([{"role": "user"}], TypeError),
+        (["hello"], TypeError),
+        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], ValueError),
+    ],
+)
+def test_chat_rejects_malformed_conversations(llm, messages, error):
+    with pytest.raises(error, match="messages|user"):
+        llm.chat(messages)
+
+
+def test_sampling_with_a_seed_is_reproducible_and_differs_from_greedy(llm):
+    options = {"do_sample": True, "temperature": 1.5, "top_k": 0, "max_new_tokens": 16}
+    first = llm.generate(PROMPTS[0], seed=7, **options)
+    assert llm.generate(PROMPTS[0], seed=7, **options) == first
+    others = {llm.generate(PROMPTS[0], seed=s, **options) for s in (8, 9, 10)}
+    assert others - {first}, "different seeds should give a different sample"
+    assert llm.generate(PROMPTS[0], max_new_tokens=16) not in others | {first}
+
+
+def test_a_seed_leaves_the_global_rng_alone(llm):
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    llm.generate(PROMPTS[0], max_new_tokens=4, do_sample=True, seed=99)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_passthrough_generation_keywords_match_transformers(llm):
+    ours = llm.generate(PROMPTS[0], max_new_tokens=20, no_repeat_ngram_size=2, repetition_penalty=1.3)
+    theirs = raw_greedy(llm, PROMPTS[0], max_new_tokens=20, no_repeat_ngram_size=2, repetition_penalty=1.3)
+    assert ours == theirs
+
+
+@pytest.mark.parametrize(
+    "options, error, words",
+    [
+        ({"temperature": 0.7}, ValueError, "do_sample=True"),
+        ({"do_sample": True, "temperature": 0}, ValueError, "temperature"),
+        ({"do_sample": True, "temperature": -1.0}, ValueError, "temperature"),
+        ({"do_sample": True, "top_p": 1.5}, ValueError, "top_p"),
+        ({"do_sample": True, "top_p": 0.0}, ValueError, "top_p"),
+        ({"do_sample": True, "top_k": -3}, ValueError, "top_k"),
+        ({"do_sample": True, "seed": -1}, ValueError, "seed"),
+        ({"repetition_penalty": 0}, ValueError, "repetition_penalty"),
+        ({"do_sample": "yes"}, TypeError, "do_sample"),
+        ({"temprature": 0.5}, TypeError, "'temprature'"),
+        ({"input_ids": [1, 2]}, TypeError, "input_ids"),
+        ({"num_return_sequences": 3}, ValueError, "num_return_sequences"),
+    ],
+)
+def test_bad_generation_options_raise_and_the_object_keeps_working(llm, baseline, options, error, words):
+    with pytest.raises(error, match=words):
+        llm.generate(PROMPTS[0], **options)
+    assert llm.generate(PROMPTS[0], max_new_tokens=8) == baseline
+
+
+@pytest.mark.parametrize(
+    "prompt, error, words",
+    [
+        (None, TypeError, "NoneType"),
+        (42, TypeError, "int"),
+        ("", ValueError, "empty"),
+        ("   \n\t", ValueError, "whitespace"),
+        (b"bytes", TypeError, "decode"),
+        ({"text": "hi"}, TypeError, "dict"),
+        (["ok", 3], TypeError, r"prompt\[1\]"),
+        (["ok", " "], ValueError, r"prompt\[1\]"),
+        ([], ValueError, "empty"),
+    ],
+)
+def test_bad_prompts_raise_and_the_object_keeps_working(llm, baseline, prompt, error, words):
+    with pytest.raises(error, match=words):
+        llm.generate(prompt)
+    assert llm.generate(PROMPTS[0], max_new_tokens=8) == baseline
+
+
+@pytest.mark.parametrize(
+    "lengths, error, words",
+    [
+        ({"max_length": 0}, ValueError, "at least 1"),
+        ({"max_length": -5}, ValueError, "at least 1"),
+        ({"max_length": True}, TypeError, "bool"),
+        ({"max_length": 20.5}, TypeError, "float"),
+        ({"max_length": "20"}, TypeError, "str"),
+        ({"max_length": 10**12}, ValueError, "context of 8192"),
+        ({"max_new_tokens": 0}, ValueError, "at least 1"),
+        ({"max_new_tokens": 9000}, ValueError, "context"),
+        ({"max_length": 30, "max_new_tokens": 5}, ValueError, "not both"),
+    ],
+)
+def test_bad_lengths_raise_and_the_object_keeps_working(llm, baseline, lengths, error, words):
+    with pytest.raises(error, match=words):
+        llm.generate(PROMPTS[0], **lengths)
+    assert llm.generate(PROMPTS[0], max_new_tokens=8) == baseline
+
+
+def test_a_prompt_longer_than_the_context_is_refused(tiny_llm):
+    long_prompt = "word " * (tiny_llm.context_length + 10)
+    with pytest.raises(ValueError, match="context"):
+        tiny_llm.generate(long_prompt, max_new_tokens=1)
+
+
+def test_concurrent_calls_from_threads_are_serialized_and_correct(llm):
+    expected = {p: llm.generate(p, max_new_tokens=10) for p in PROMPTS}
+    results: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def worker(prompt: str) -> None:
+        try:
+            results[prompt] = llm.generate(prompt, max_new_tokens=10)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(p,)) for p in PROMPTS]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    assert results == expected
+
+
+def test_out_of_memory_becomes_a_friendly_error(tiny_llm, monkeypatch):
+    def out_of_memory(**kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    expected = tiny_llm.generate("Hello", max_new_tokens=3)
+    with monkeypatch.context() as patch:
+        patch.setattr(tiny_llm.model, "generate", out_of_memory)
+        with pytest.raises(GenerationError, match="Out of memory.*max_length.*load_in_4bit"):
+            tiny_llm.generate("Hello", max_new_tokens=3)
+    assert tiny_llm.generate("Hello", max_new_tokens=3) == expected
+
+
+def test_stats_describe_the_last_generation(llm):
+    llm.generate(PROMPTS[1], max_new_tokens=5, min_new_tokens=5)
+    stats = llm.last_stats
+    assert stats.new_tokens == 5
+    assert stats.seconds > 0 and stats.tokens_per_second > 0
+    assert 0 < stats.time_to_first_token <= stats.seconds
+    assert stats.stopped is False
+    assert stats.peak_gpu_memory is None  # no GPU here
+
+
+def test_repr_names_the_model_device_and_length(llm):
+    text = repr(llm)
+    assert "SmolLM2-135M-Instruct" in text and "cpu" in text and "max_length=20" in text

