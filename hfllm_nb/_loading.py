@@ -69,11 +69,12 @@ def resolve_source(model_id: str | os.PathLike | None) -> ModelSource:
             fix = (
                 f"pass the .gguf file itself, e.g. {str(path / ggufs[0])!r}"
                 if ggufs
-                else "pass a folder written by save_pretrained() or a hub snapshot"
+                else "pass a folder written by save_pretrained()"
             )
             raise ModelLoadError(
                 f"Could not load model {model_id!r}: the folder has no config.json, so it is not a "
-                f"transformers model folder. Check the path, or {fix}."
+                f"transformers model folder. Check the path, {fix}, or use HuggingFaceLLM() for the "
+                "embedded default model."
             )
         return ModelSource(str(path), model_id)
     # A hub id is "name" or "org/name"; anything else that does not exist is a bad path.
@@ -184,19 +185,20 @@ def _load_failure_message(source: ModelSource, exc: Exception, kwargs: dict[str,
         secret = kwargs.get(key)
         if isinstance(secret, str) and secret:
             reason = reason.replace(secret, "***")
+    full_reason = reason  # the hints below look at all of it, the message shows the start
     if len(reason) > 300:
         reason = reason[:299] + "…"
     hint = (
         "Check the model id or path, pass a local folder or .gguf file, or use HuggingFaceLLM() "
         "for the embedded default model, which works offline."
     )
-    if "safetensors" in reason and kwargs.get("use_safetensors"):
+    if "safetensors" in full_reason and kwargs.get("use_safetensors"):
         hint = (
             "This model has no safetensors weights. If you trust its source, pass "
             "use_safetensors=False to allow pickle (.bin) checkpoints."
         )
-    elif "device_map" in reason:
+    elif "device_map" in full_reason:
         hint = "Pass device_map='auto', a device name such as 'cpu' or 'cuda:0', or a dict of module: device."
-    elif "trust_remote_code" in reason:
+    elif "trust_remote_code" in full_reason or "custom code" in full_reason:
         hint = "This model needs its own Python code; pass trust_remote_code=True only if you trust its source."
     return f"Could not load model {source.label!r} ({type(exc).__name__}: {reason}). {hint}"

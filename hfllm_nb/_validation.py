@@ -80,19 +80,22 @@ def check_sampling(options: dict[str, Any]) -> None:
                 f"{', '.join(given)} only {verb} when sampling; pass do_sample=True as well "
                 "(greedy decoding is the default)."
             )
-    _check_number(options, "temperature", low=0.0, high=100.0, low_open=True)
+    # Below 0.01 the scaled logits can overflow to inf and sampling fails; it is greedy by then anyway.
+    _check_number(options, "temperature", low=0.01, high=100.0, low_open=False)
     _check_number(options, "top_p", low=0.0, high=1.0, low_open=True)
-    _check_number(options, "repetition_penalty", low=0.0, high=100.0, low_open=True)
+    _check_number(options, "repetition_penalty", low=0.01, high=100.0, low_open=False)
     top_k = options.get("top_k")
     if top_k is not None:
         _check_int_type("top_k", top_k)
         if top_k < 0:
             raise ValueError(f"top_k must be an int ≥ 0 (0 turns it off), got {_short(top_k)}.")
+        options["top_k"] = int(top_k)  # transformers wants a Python int, not numpy's
     seed = options.get("seed")
     if seed is not None:
         _check_int_type("seed", seed)
         if not 0 <= seed < 2**63:
             raise ValueError(f"seed must be an int between 0 and 2**63 - 1, got {_short(seed)}.")
+        options["seed"] = int(seed)
 
 
 def _check_int_type(name: str, value: Any) -> None:
@@ -111,6 +114,8 @@ def _check_number(options: dict, name: str, *, low: float, high: float, low_open
     if too_low or value > high or value != value:  # value != value catches NaN
         bound = f"> {low}" if low_open else f"≥ {low}"
         raise ValueError(f"{name} must be {bound} and ≤ {high}, got {value!r}.")
+    # transformers' logits processors insist on a float: temperature=2 would fail deep inside generate.
+    options[name] = float(value)
 
 
 def check_generate_keywords(options: dict[str, Any]) -> None:

@@ -131,7 +131,10 @@ def _generate(args: argparse.Namespace) -> int:
         _validation.check_length(name, value, limit=10**9)
     given = [f"--{k.replace('_', '-')}" for k in _validation.SAMPLING_KEYWORDS if k in options]
     if given and not args.sample:
-        raise ValueError(f"{', '.join(given)} only apply with --sample; add --sample (greedy is the default).")
+        raise ValueError(
+            f"{', '.join(given)} only apply with --sample (do_sample=True); add --sample, "
+            "greedy decoding is the default."
+        )
     _validation.check_sampling(options)
     llm = HuggingFaceLLM(args.model, device=args.device, dtype=args.dtype)
     if args.chat:

@@ -68,7 +68,8 @@ class HuggingFaceLLM:
         device_map: e.g. "auto" to let accelerate place layers over GPUs and CPU.
         trust_remote_code: run Python code that ships with a hub model. Off unless you trust it.
         compile: decode with a static KV cache and a ``torch.compile``'d step, compiled once
-            here at load (see ``_fast_decode``). Greedy text is unchanged; not with quantization.
+            here at load (see ``_fast_decode``). Same greedy text as without it in float32 (bf16
+            rounds differently in fused kernels). Pays off mostly on CUDA; not with quantization.
         **load_kwargs: passed to ``from_pretrained`` (revision, token, use_safetensors, …).
 
     Example:

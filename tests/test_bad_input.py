@@ -12,9 +12,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -92,45 +93,205 @@ GENERATE_CASES = [
     case("prompt-list-empty", lambda m, d: m.generate([]), ValueError, "empty", "at least one"),
     case("prompt-list-blank", lambda m, d: m.generate(["ok", "  "]), ValueError, "prompt[1]", "whitespace"),
     # lengths: zero, negative, bool, float, str, huge, both at once
-    case("max_length-0", lambda m, d: m.generate(PROMPT, max_length=0), ValueError, "max_length", "at least 1", "got 0"),
+    case(
+        "max_length-0", lambda m, d: m.generate(PROMPT, max_length=0), ValueError, "max_length", "at least 1", "got 0"
+    ),
     case("max_length-negative", lambda m, d: m.generate(PROMPT, max_length=-5), ValueError, "max_length", "-5"),
-    case("max_length-bool", lambda m, d: m.generate(PROMPT, max_length=True), TypeError, "max_length", "bool", "positive int"),
-    case("max_length-float", lambda m, d: m.generate(PROMPT, max_length=7.5), TypeError, "max_length", "7.5", "positive int"),
+    case(
+        "max_length-bool",
+        lambda m, d: m.generate(PROMPT, max_length=True),
+        TypeError,
+        "max_length",
+        "bool",
+        "positive int",
+    ),
+    case(
+        "max_length-float",
+        lambda m, d: m.generate(PROMPT, max_length=7.5),
+        TypeError,
+        "max_length",
+        "7.5",
+        "positive int",
+    ),
     case("max_length-str", lambda m, d: m.generate(PROMPT, max_length="10"), TypeError, "max_length", "'10'"),
-    case("max_length-huge", lambda m, d: m.generate(PROMPT, max_length=10**12), ValueError, "1000000000000", "at most 256"),
-    case("max_new_tokens-0", lambda m, d: m.generate(PROMPT, max_new_tokens=0), ValueError, "max_new_tokens", "at least 1"),
-    case("max_new_tokens-negative", lambda m, d: m.generate(PROMPT, max_new_tokens=-1), ValueError, "max_new_tokens", "-1"),
-    case("max_new_tokens-bool", lambda m, d: m.generate(PROMPT, max_new_tokens=False), TypeError, "max_new_tokens", "bool"),
-    case("max_new_tokens-float", lambda m, d: m.generate(PROMPT, max_new_tokens=2.0), TypeError, "max_new_tokens", "2.0"),
-    case("max_new_tokens-huge", lambda m, d: m.generate(PROMPT, max_new_tokens=10**6), ValueError, "1000000", "at most 256"),
-    case("max_new_tokens-tensor", lambda m, d: m.generate(PROMPT, max_new_tokens=torch.tensor(3)), TypeError, "max_new_tokens", "Tensor"),
-    case("both-lengths", lambda m, d: m.generate(PROMPT, max_length=10, max_new_tokens=5), ValueError, "max_length (10", "max_new_tokens (5", "not both"),
+    case(
+        "max_length-huge",
+        lambda m, d: m.generate(PROMPT, max_length=10**12),
+        ValueError,
+        "1000000000000",
+        "at most 256",
+    ),
+    case(
+        "max_new_tokens-0",
+        lambda m, d: m.generate(PROMPT, max_new_tokens=0),
+        ValueError,
+        "max_new_tokens",
+        "at least 1",
+    ),
+    case(
+        "max_new_tokens-negative",
+        lambda m, d: m.generate(PROMPT, max_new_tokens=-1),
+        ValueError,
+        "max_new_tokens",
+        "-1",
+    ),
+    case(
+        "max_new_tokens-bool",
+        lambda m, d: m.generate(PROMPT, max_new_tokens=False),
+        TypeError,
+        "max_new_tokens",
+        "bool",
+    ),
+    case(
+        "max_new_tokens-float", lambda m, d: m.generate(PROMPT, max_new_tokens=2.0), TypeError, "max_new_tokens", "2.0"
+    ),
+    case(
+        "max_new_tokens-huge",
+        lambda m, d: m.generate(PROMPT, max_new_tokens=10**6),
+        ValueError,
+        "1000000",
+        "at most 256",
+    ),
+    case(
+        "max_new_tokens-tensor",
+        lambda m, d: m.generate(PROMPT, max_new_tokens=torch.tensor(3)),
+        TypeError,
+        "max_new_tokens",
+        "Tensor",
+    ),
+    case(
+        "both-lengths",
+        lambda m, d: m.generate(PROMPT, max_length=10, max_new_tokens=5),
+        ValueError,
+        "max_length (10",
+        "max_new_tokens (5",
+        "not both",
+    ),
     # prompt longer than the context, or than max_length
-    case("prompt-over-context", lambda m, d: m.generate(LONG, max_new_tokens=5), ValueError, "tokens", "context of 256", "Shorten the prompt"),
+    case(
+        "prompt-over-context",
+        lambda m, d: m.generate(LONG, max_new_tokens=5),
+        ValueError,
+        "tokens",
+        "context of 256",
+        "Shorten the prompt",
+    ),
     case("prompt-over-max_length", lambda m, d: m.generate(LONG), ValueError, "max_length=20", "max_new_tokens=N"),
-    case("prompt-fills-max_length", lambda m, d: m.generate(PROMPT, max_length=2), ValueError, "max_length=2", "Raise max_length above"),
+    case(
+        "prompt-fills-max_length",
+        lambda m, d: m.generate(PROMPT, max_length=2),
+        ValueError,
+        "max_length=2",
+        "Raise max_length above",
+    ),
     # sampling settings
-    case("temperature-without-sampling", lambda m, d: m.generate(PROMPT, temperature=0.7), ValueError, "temperature", "do_sample=True"),
+    case(
+        "temperature-without-sampling",
+        lambda m, d: m.generate(PROMPT, temperature=0.7),
+        ValueError,
+        "temperature",
+        "do_sample=True",
+    ),
     case("seed-without-sampling", lambda m, d: m.generate(PROMPT, seed=1), ValueError, "seed", "do_sample=True"),
-    case("temperature-0", lambda m, d: m.generate(PROMPT, do_sample=True, temperature=0), ValueError, "temperature", "> 0.0", "got 0"),
-    case("temperature-negative", lambda m, d: m.generate(PROMPT, do_sample=True, temperature=-1.0), ValueError, "temperature", "-1.0"),
-    case("temperature-nan", lambda m, d: m.generate(PROMPT, do_sample=True, temperature=float("nan")), ValueError, "temperature", "nan"),
-    case("temperature-inf", lambda m, d: m.generate(PROMPT, do_sample=True, temperature=float("inf")), ValueError, "temperature", "inf"),
-    case("temperature-str", lambda m, d: m.generate(PROMPT, do_sample=True, temperature="hot"), TypeError, "temperature", "'hot'", "number"),
-    case("top_p-above-1", lambda m, d: m.generate(PROMPT, do_sample=True, top_p=1.5), ValueError, "top_p", "1.5", "≤ 1.0"),
+    case(
+        "temperature-0",
+        lambda m, d: m.generate(PROMPT, do_sample=True, temperature=0),
+        ValueError,
+        "temperature",
+        "≥ 0.01",
+        "got 0",
+    ),
+    case(
+        "temperature-negative",
+        lambda m, d: m.generate(PROMPT, do_sample=True, temperature=-1.0),
+        ValueError,
+        "temperature",
+        "-1.0",
+    ),
+    case(
+        "temperature-nan",
+        lambda m, d: m.generate(PROMPT, do_sample=True, temperature=float("nan")),
+        ValueError,
+        "temperature",
+        "nan",
+    ),
+    case(
+        "temperature-inf",
+        lambda m, d: m.generate(PROMPT, do_sample=True, temperature=float("inf")),
+        ValueError,
+        "temperature",
+        "inf",
+    ),
+    case(
+        "temperature-str",
+        lambda m, d: m.generate(PROMPT, do_sample=True, temperature="hot"),
+        TypeError,
+        "temperature",
+        "'hot'",
+        "number",
+    ),
+    case(
+        "top_p-above-1", lambda m, d: m.generate(PROMPT, do_sample=True, top_p=1.5), ValueError, "top_p", "1.5", "≤ 1.0"
+    ),
+    case(
+        "temperature-tiny",
+        lambda m, d: m.generate(PROMPT, do_sample=True, temperature=1e-300),
+        ValueError,
+        "temperature",
+        "1e-300",
+        "≥ 0.01",
+    ),
     case("top_p-0", lambda m, d: m.generate(PROMPT, do_sample=True, top_p=0.0), ValueError, "top_p", "> 0.0"),
-    case("top_k-negative", lambda m, d: m.generate(PROMPT, do_sample=True, top_k=-3), ValueError, "top_k", "-3", "0 turns it off"),
+    case(
+        "top_k-negative",
+        lambda m, d: m.generate(PROMPT, do_sample=True, top_k=-3),
+        ValueError,
+        "top_k",
+        "-3",
+        "0 turns it off",
+    ),
     case("top_k-float", lambda m, d: m.generate(PROMPT, do_sample=True, top_k=2.5), TypeError, "top_k", "2.5", "int"),
     case("seed-negative", lambda m, d: m.generate(PROMPT, do_sample=True, seed=-1), ValueError, "seed", "-1", "2**63"),
     case("seed-str", lambda m, d: m.generate(PROMPT, do_sample=True, seed="x"), TypeError, "seed", "'x'", "int"),
-    case("do_sample-str", lambda m, d: m.generate(PROMPT, do_sample="yes"), TypeError, "do_sample", "'yes'", "True or False"),
-    case("repetition_penalty-0", lambda m, d: m.generate(PROMPT, repetition_penalty=0), ValueError, "repetition_penalty", "got 0"),
+    case(
+        "do_sample-str",
+        lambda m, d: m.generate(PROMPT, do_sample="yes"),
+        TypeError,
+        "do_sample",
+        "'yes'",
+        "True or False",
+    ),
+    case(
+        "repetition_penalty-0",
+        lambda m, d: m.generate(PROMPT, repetition_penalty=0),
+        ValueError,
+        "repetition_penalty",
+        "got 0",
+    ),
     # keywords
     case("unknown-keyword", lambda m, d: m.generate(PROMPT, temprature=0.5), TypeError, "'temprature'", "temperature"),
-    case("reserved-keyword", lambda m, d: m.generate(PROMPT, input_ids=[1, 2]), TypeError, "input_ids", "pass the prompt as text"),
+    case(
+        "reserved-keyword",
+        lambda m, d: m.generate(PROMPT, input_ids=[1, 2]),
+        TypeError,
+        "input_ids",
+        "pass the prompt as text",
+    ),
     case("streamer-keyword", lambda m, d: m.generate(PROMPT, streamer=object()), TypeError, "streamer"),
-    case("num_return_sequences", lambda m, d: m.generate(PROMPT, num_return_sequences=3), ValueError, "num_return_sequences=3", "different seeds"),
-    case("return_full_text-str", lambda m, d: m.generate(PROMPT, return_full_text="no"), TypeError, "return_full_text", "'no'"),
+    case(
+        "num_return_sequences",
+        lambda m, d: m.generate(PROMPT, num_return_sequences=3),
+        ValueError,
+        "num_return_sequences=3",
+        "different seeds",
+    ),
+    case(
+        "return_full_text-str",
+        lambda m, d: m.generate(PROMPT, return_full_text="no"),
+        TypeError,
+        "return_full_text",
+        "'no'",
+    ),
     # stream, chat, count_tokens
     case("stream-list", lambda m, d: m.stream(["a", "b"]), TypeError, "one prompt string", "generate()"),
     case("stream-bytes", lambda m, d: m.stream(b"hi"), TypeError, "bytes", ".decode('utf-8')"),
@@ -138,9 +299,13 @@ GENERATE_CASES = [
     case("stream-unknown-keyword", lambda m, d: m.stream(PROMPT, topp=0.9), TypeError, "'topp'"),
     case("chat-empty-list", lambda m, d: m.chat([]), TypeError, "messages", "non-empty list"),
     case("chat-int", lambda m, d: m.chat(3), TypeError, "messages", "not 3"),
-    case("chat-message-without-content", lambda m, d: m.chat([{"role": "user"}]), TypeError, "messages[0]", "'content'"),
+    case(
+        "chat-message-without-content", lambda m, d: m.chat([{"role": "user"}]), TypeError, "messages[0]", "'content'"
+    ),
     case("chat-message-not-a-dict", lambda m, d: m.chat(["hi"]), TypeError, "messages[0]", "'hi'", "dict"),
-    case("chat-ends-with-assistant", lambda m, d: m.chat([{"role": "assistant", "content": "hi"}]), ValueError, "'user'"),
+    case(
+        "chat-ends-with-assistant", lambda m, d: m.chat([{"role": "assistant", "content": "hi"}]), ValueError, "'user'"
+    ),
     case("chat-blank", lambda m, d: m.chat("   "), ValueError, "message", "whitespace"),
     case("chat-bad-length", lambda m, d: m.chat("hi", max_new_tokens=-2), ValueError, "max_new_tokens", "-2"),
     case("count_tokens-int", lambda m, d: m.count_tokens(3), TypeError, "int", "str"),
@@ -148,43 +313,145 @@ GENERATE_CASES = [
 
 CONSTRUCTOR_CASES = [
     # devices
-    case("device-unknown", lambda m, d: HuggingFaceLLM(d, device="tpu"), ValueError, "'tpu'", "Devices here", "cpu", "device=None"),
-    case("device-missing-gpu", lambda m, d: HuggingFaceLLM(d, device="cuda:7"), ValueError, "'cuda:7'", "not available", "Devices here"),
+    case(
+        "device-unknown",
+        lambda m, d: HuggingFaceLLM(d, device="tpu"),
+        ValueError,
+        "'tpu'",
+        "Devices here",
+        "cpu",
+        "device=None",
+    ),
+    case(
+        "device-missing-gpu",
+        lambda m, d: HuggingFaceLLM(d, device="cuda:7"),
+        ValueError,
+        "'cuda:7'",
+        "not available",
+        "Devices here",
+    ),
     case("device-int-index", lambda m, d: HuggingFaceLLM(d, device=7), ValueError, "7", "not available"),
     case("device-list", lambda m, d: HuggingFaceLLM(d, device=[0]), TypeError, "device", "list", "'cpu'"),
     case("device-bool", lambda m, d: HuggingFaceLLM(d, device=True), TypeError, "device", "bool"),
-    case("device-and-device_map", lambda m, d: HuggingFaceLLM(d, device="cpu", device_map="auto"), ValueError, "device_map", "not both"),
+    case(
+        "device-and-device_map",
+        lambda m, d: HuggingFaceLLM(d, device="cpu", device_map="auto"),
+        ValueError,
+        "device_map",
+        "not both",
+    ),
     case("device_map-int", lambda m, d: HuggingFaceLLM(d, device_map=3), TypeError, "device_map", "int", "'auto'"),
-    case("device_map-unknown", lambda m, d: HuggingFaceLLM(d, device_map="sideways"), ModelLoadError, "sideways", "device_map='auto'"),
+    case(
+        "device_map-unknown",
+        lambda m, d: HuggingFaceLLM(d, device_map="sideways"),
+        ModelLoadError,
+        "sideways",
+        "device_map='auto'",
+    ),
     # model ids and paths
     case("model_id-int", lambda m, d: HuggingFaceLLM(42), TypeError, "model_id", "int", "None"),
     case("model_id-empty", lambda m, d: HuggingFaceLLM("  "), ValueError, "model_id is empty", "'gpt2'"),
-    case("model_id-missing-path", lambda m, d: HuggingFaceLLM("/no/such/model"), ModelLoadError, "'/no/such/model'", "no such file", "Check the path"),
-    case("model_id-relative-missing", lambda m, d: HuggingFaceLLM("./no-such-model"), ModelLoadError, "'./no-such-model'", "no such file"),
+    case(
+        "model_id-missing-path",
+        lambda m, d: HuggingFaceLLM("/no/such/model"),
+        ModelLoadError,
+        "'/no/such/model'",
+        "no such file",
+        "Check the path",
+    ),
+    case(
+        "model_id-relative-missing",
+        lambda m, d: HuggingFaceLLM("./no-such-model"),
+        ModelLoadError,
+        "'./no-such-model'",
+        "no such file",
+    ),
     # contradictory or bad quantization
-    case("quantization-4-and-8-bit", lambda m, d: HuggingFaceLLM(d, quantization_config={"load_in_4bit": True, "load_in_8bit": True}), ValueError, "4-bit and 8-bit", "choose one"),
-    case("quantization-unknown-key", lambda m, d: HuggingFaceLLM(d, quantization_config={"load_in_3bit": True}), ValueError, "load_in_3bit", "Valid keys", "load_in_4bit"),
-    case("quantization-not-a-dict", lambda m, d: HuggingFaceLLM(d, quantization_config=["4bit"]), TypeError, "quantization_config", "list", "{'load_in_4bit': True}"),
-    case("quantization-empty", lambda m, d: HuggingFaceLLM(d, quantization_config={}), ValueError, "load_in_4bit=True or load_in_8bit=True"),
-    case("quantization-flag-str", lambda m, d: HuggingFaceLLM(d, quantization_config={"load_in_4bit": "yes"}), TypeError, "load_in_4bit", "'yes'"),
+    case(
+        "quantization-4-and-8-bit",
+        lambda m, d: HuggingFaceLLM(d, quantization_config={"load_in_4bit": True, "load_in_8bit": True}),
+        ValueError,
+        "4-bit and 8-bit",
+        "choose one",
+    ),
+    case(
+        "quantization-unknown-key",
+        lambda m, d: HuggingFaceLLM(d, quantization_config={"load_in_3bit": True}),
+        ValueError,
+        "load_in_3bit",
+        "Valid keys",
+        "load_in_4bit",
+    ),
+    case(
+        "quantization-not-a-dict",
+        lambda m, d: HuggingFaceLLM(d, quantization_config=["4bit"]),
+        TypeError,
+        "quantization_config",
+        "list",
+        "{'load_in_4bit': True}",
+    ),
+    case(
+        "quantization-empty",
+        lambda m, d: HuggingFaceLLM(d, quantization_config={}),
+        ValueError,
+        "load_in_4bit=True or load_in_8bit=True",
+    ),
+    case(
+        "quantization-flag-str",
+        lambda m, d: HuggingFaceLLM(d, quantization_config={"load_in_4bit": "yes"}),
+        TypeError,
+        "load_in_4bit",
+        "'yes'",
+    ),
     # dtype, lengths, flags, keywords
     case("dtype-unknown", lambda m, d: HuggingFaceLLM(d, dtype="float8"), ValueError, "'float8'", "'bfloat16'"),
     case("dtype-int", lambda m, d: HuggingFaceLLM(d, dtype=3), TypeError, "dtype", "int"),
-    case("dtype-integer-torch", lambda m, d: HuggingFaceLLM(d, dtype=torch.int8), ValueError, "torch.int8", "torch.float32"),
+    case(
+        "dtype-integer-torch",
+        lambda m, d: HuggingFaceLLM(d, dtype=torch.int8),
+        ValueError,
+        "torch.int8",
+        "torch.float32",
+    ),
     case("ctor-max_length-0", lambda m, d: HuggingFaceLLM(d, max_length=0), ValueError, "max_length", "at least 1"),
     case("ctor-max_length-float", lambda m, d: HuggingFaceLLM(d, max_length=2.5), TypeError, "max_length", "2.5"),
-    case("ctor-max_length-over-context", lambda m, d: HuggingFaceLLM(d, max_length=10**6), ValueError, "1000000", "at most 256"),
-    case("trust_remote_code-str", lambda m, d: HuggingFaceLLM(d, trust_remote_code="yes"), TypeError, "trust_remote_code", "'yes'"),
-    case("ctor-unknown-keyword", lambda m, d: HuggingFaceLLM(d, colour="red"), TypeError, "'colour'", "Check the spelling"),
+    case(
+        "ctor-max_length-over-context",
+        lambda m, d: HuggingFaceLLM(d, max_length=10**6),
+        ValueError,
+        "1000000",
+        "at most 256",
+    ),
+    case("compile-str", lambda m, d: HuggingFaceLLM(d, compile="yes"), TypeError, "compile", "'yes'"),
+    case(
+        "compile-with-quantization",
+        lambda m, d: HuggingFaceLLM(d, compile=True, quantization_config={"load_in_4bit": True}),
+        ValueError,
+        "compile=True",
+        "quantization_config",
+    ),
+    case(
+        "trust_remote_code-str",
+        lambda m, d: HuggingFaceLLM(d, trust_remote_code="yes"),
+        TypeError,
+        "trust_remote_code",
+        "'yes'",
+    ),
+    case(
+        "ctor-unknown-keyword",
+        lambda m, d: HuggingFaceLLM(d, colour="red"),
+        TypeError,
+        "'colour'",
+        "Check the spelling",
+    ),
 ]
 
 
 @pytest.mark.parametrize("bad", GENERATE_CASES)
 def test_bad_call_raises_a_precise_error_and_the_model_keeps_working(tiny_llm, tiny_model_dir, baseline, bad):
-    with pytest.raises(BaseException) as excinfo:
-        result = bad.call(tiny_llm, str(tiny_model_dir))
-        if hasattr(result, "__next__"):  # a stream must fail before it starts, not on first next()
-            pytest.fail("stream() returned an iterator instead of raising")
+    # stream() must fail when called, not on the first next(): so no next() here.
+    with pytest.raises(bad.error) as excinfo:
+        bad.call(tiny_llm, str(tiny_model_dir))
     check_error(excinfo, bad)
     assert not tiny_llm.is_busy
     assert tiny_llm.generate(PROMPT, max_new_tokens=6) == baseline
@@ -192,7 +459,7 @@ def test_bad_call_raises_a_precise_error_and_the_model_keeps_working(tiny_llm, t
 
 @pytest.mark.parametrize("bad", CONSTRUCTOR_CASES)
 def test_bad_constructor_argument_raises_a_precise_error(tiny_llm, tiny_model_dir, baseline, bad):
-    with pytest.raises(BaseException) as excinfo:
+    with pytest.raises(bad.error) as excinfo:
         bad.call(tiny_llm, str(tiny_model_dir))
     check_error(excinfo, bad)
     assert tiny_llm.generate(PROMPT, max_new_tokens=6) == baseline
@@ -212,6 +479,24 @@ def test_a_path_that_is_not_a_model_gives_a_load_error(not_a_model, name, words)
     check_error(excinfo, Case(lambda m, d: None, ModelLoadError, words))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="llm.py _prepare does not refuse a prompt that tokenizes to 0 tokens (SmolLM2's tokenizer drops "
+    "\\x04 \\x06 \\x13 \\x14 \\x16 \\x1d): generate crashes inside transformers, or a batch item continues "
+    "from padding alone. Remove this marker once it raises ValueError.",
+)
+@pytest.mark.parametrize(
+    "prompt",
+    ["\x06", "\x04\x06\x13", ["ok", "\x06"], ["\x06", "\x06"]],
+    ids=["control-char", "control-chars", "batch-item", "batch-all"],
+)
+def test_a_prompt_the_tokenizer_drops_entirely_is_a_clear_error(tiny_llm, baseline, prompt):
+    with pytest.raises(ValueError) as excinfo:
+        tiny_llm.generate(prompt, max_new_tokens=3)
+    check_error(excinfo, Case(lambda m, d: None, ValueError, ("no tokens",)))
+    assert tiny_llm.generate(PROMPT, max_new_tokens=6) == baseline
+
+
 def test_an_unknown_hub_id_fails_fast_offline(monkeypatch):
     # Offline here; online it is a 404. Either way no 45 s of retries.
     started = time.perf_counter()
@@ -219,7 +504,9 @@ def test_an_unknown_hub_id_fails_fast_offline(monkeypatch):
         HuggingFaceLLM("hfllm-nb-tests/no-such-model-4242")
     elapsed = time.perf_counter() - started
     assert elapsed < 10, f"took {elapsed:.1f} s"
-    check_error(excinfo, Case(lambda m, d: None, ModelLoadError, ("'hfllm-nb-tests/no-such-model-4242'", "default model")))
+    check_error(
+        excinfo, Case(lambda m, d: None, ModelLoadError, ("'hfllm-nb-tests/no-such-model-4242'", "default model"))
+    )
 
 
 def test_the_real_model_survives_every_bad_call(llm):
@@ -242,20 +529,36 @@ CLI_CASES = [
     pytest.param(["frobnicate"], 2, ("'frobnicate'", "generate"), id="unknown-command"),
     pytest.param(["generate"], 2, ("prompt",), id="missing-prompt"),
     pytest.param(["generate", "hi", "--max-length", "abc"], 2, ("--max-length", "'abc'"), id="length-not-int"),
-    pytest.param(["generate", "hi", "--max-length", "5", "--max-new-tokens", "3"], 2, ("--max-new-tokens", "--max-length", "not allowed"), id="both-lengths"),
+    pytest.param(
+        ["generate", "hi", "--max-length", "5", "--max-new-tokens", "3"],
+        2,
+        ("--max-new-tokens", "--max-length", "not allowed"),
+        id="both-lengths",
+    ),
     pytest.param(["generate", "hi", "--colour", "red"], 2, ("--colour",), id="unknown-option"),
     pytest.param(["generate", ""], 2, ("empty", "pass some text"), id="empty-prompt"),
     pytest.param(["generate", "  "], 2, ("whitespace",), id="blank-prompt"),
     pytest.param(["generate", "hi", "--max-length", "0"], 2, ("max_length", "at least 1"), id="length-0"),
     pytest.param(["generate", "hi", "--max-new-tokens", "-3"], 2, ("max_new_tokens", "-3"), id="negative-length"),
-    pytest.param(["generate", "hi", "--temperature", "0.5"], 2, ("--temperature", "--sample"), id="temperature-without-sample"),
+    pytest.param(
+        ["generate", "hi", "--temperature", "0.5"], 2, ("--temperature", "--sample"), id="temperature-without-sample"
+    ),
     pytest.param(["generate", "hi", "--sample", "--top-p", "2"], 2, ("top_p", "2.0"), id="top-p-above-1"),
-    pytest.param(["generate", "hi", "--sample", "--temperature", "nan"], 2, ("temperature", "nan"), id="temperature-nan"),
+    pytest.param(
+        ["generate", "hi", "--sample", "--temperature", "nan"], 2, ("temperature", "nan"), id="temperature-nan"
+    ),
     pytest.param(["generate", "hi", "--sample", "--top-k", "-1"], 2, ("top_k", "-1"), id="top-k-negative"),
     pytest.param(["generate", "hi", "--device", "tpu"], 2, ("'tpu'", "Devices here"), id="unknown-device"),
     pytest.param(["generate", "hi", "--dtype", "float8"], 2, ("'float8'", "bfloat16"), id="unknown-dtype"),
-    pytest.param(["generate", "hi", "--model", "/no/such/model"], 1, ("/no/such/model", "no such file"), id="missing-model"),
-    pytest.param(["generate", "hi", "--model", "hfllm-nb-tests/no-such-model-4242"], 1, ("no-such-model-4242",), id="unknown-hub-id"),
+    pytest.param(
+        ["generate", "hi", "--model", "/no/such/model"], 1, ("/no/such/model", "no such file"), id="missing-model"
+    ),
+    pytest.param(
+        ["generate", "hi", "--model", "hfllm-nb-tests/no-such-model-4242"],
+        1,
+        ("no-such-model-4242",),
+        id="unknown-hub-id",
+    ),
 ]
 
 

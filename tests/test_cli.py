@@ -40,7 +40,7 @@ def test_generate_stream_and_chat(llm):
         (["generate", "hi", "--max-length", "abc"], "invalid int value"),
         (["generate", "hi", "--max-length", "5", "--max-new-tokens", "5"], "not allowed with argument"),
         (["generate", "   "], "empty or only whitespace"),
-        (["generate", "hi", "--temperature", "0.5"], "do_sample=True"),
+        (["generate", "hi", "--temperature", "0.5"], "add --sample"),
         (["generate", "hi", "--sample", "--top-p", "2"], "top_p"),
         (["generate", "hi", "--device", "cuda:3"], "not available"),
         (["generate", "hi", "--dtype", "float8"], "Unknown dtype"),

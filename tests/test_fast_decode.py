@@ -1,8 +1,9 @@
-"""The opt-in fast path (static cache + torch.compile) gives the same greedy text, compiled once."""
+"""The opt-in fast path (static cache + torch.compile): same float32 greedy text, compiled once."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 from torch._dynamo.utils import counters
 
 from hfllm_nb import HuggingFaceLLM
@@ -32,12 +33,12 @@ def test_compile_with_quantization_is_refused_before_loading():
 
 
 def test_cache_length_grows_in_powers_of_two_within_the_context():
-    fast = FastDecode(device=__import__("torch").device("cpu"), context_length=2048)
+    fast = FastDecode(torch.device("cpu"), context_length=2048)
     assert fast.cache_length(1) == MIN_CACHE_LENGTH
     assert fast.cache_length(MIN_CACHE_LENGTH) == MIN_CACHE_LENGTH
     assert fast.cache_length(MIN_CACHE_LENGTH + 1) == 2 * MIN_CACHE_LENGTH
     assert fast.cache_length(2048) == 2048
-    assert FastDecode(__import__("torch").device("cpu"), context_length=100).cache_length(60) == 100
+    assert FastDecode(torch.device("cpu"), context_length=100).cache_length(60) == 100
 
 
 def test_warm_up_compiles_at_load_and_leaves_no_stats(fast_tiny_llm):

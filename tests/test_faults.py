@@ -192,6 +192,20 @@ def test_out_of_memory_shows_the_friendly_message_in_the_panel(tiny_llm, monkeyp
     assert_usable(tiny_llm, baseline)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="llm.py raises GenerationError inside `except OutOfMemoryError:`, so its __context__ keeps the OOM "
+    "error, whose traceback frames hold the KV cache and activations (on the GPU, in sys.last_value in Jupyter). "
+    "Remove this marker once _run raises after leaving the except block.",
+)
+def test_the_out_of_memory_error_does_not_keep_the_failed_frames_alive(tiny_llm, monkeypatch):
+    with monkeypatch.context() as patch:
+        inject(patch, tiny_llm, step=2, error=_oom())
+        with pytest.raises(GenerationError) as excinfo:
+            tiny_llm.generate(PROMPT, max_new_tokens=50)
+    assert excinfo.value.__context__ is None, "the OOM error (and its frames' tensors) stays reachable"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_out_of_memory_on_cuda_frees_the_cached_memory(tiny_model_dir, monkeypatch):
     gpu_llm = HuggingFaceLLM(str(tiny_model_dir), device="cuda", dtype="float32")
@@ -374,15 +388,17 @@ def test_two_processes_converting_at_once_share_one_good_cache(tmp_path, llm):
         for _ in range(2)
     ]
     results = [proc.communicate(timeout=540) for proc in procs]
-    for proc, (out, err) in zip(procs, results):
+    for proc, (out, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err[-2000:]
         assert out.strip() == expected
-    conversions = sum(err.count("Converting ") for _out, err in results)
+    conversions = sum(err.count("to safetensors in") for _out, err in results)  # the INFO line of _build
     assert conversions == 1, "exactly one process should convert; the other waits on the lock"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(default_model.CACHE_ENV, str(tmp_path / "cache"))
         assert default_model.cache_state() == "ready"
-    leftovers = [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")]
+    leftovers = [
+        p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")
+    ]
     assert leftovers == []
 
 
@@ -410,10 +426,16 @@ class _LockThatFails:
 
 
 UNWRITABLE = {
-    "mkdir-permission-denied": lambda p: p.setattr(Path, "mkdir", _raise_on_mkdir(PermissionError(errno.EACCES, "Permission denied"))),
-    "read-only-file-system": lambda p: p.setattr(Path, "mkdir", _raise_on_mkdir(OSError(errno.EROFS, "Read-only file system"))),
+    "mkdir-permission-denied": lambda p: p.setattr(
+        Path, "mkdir", _raise_on_mkdir(PermissionError(errno.EACCES, "Permission denied"))
+    ),
+    "read-only-file-system": lambda p: p.setattr(
+        Path, "mkdir", _raise_on_mkdir(OSError(errno.EROFS, "Read-only file system"))
+    ),
     "lock-permission-denied": lambda p: p.setattr(default_model, "FileLock", _LockThatFails),
-    "disk-full-during-conversion": lambda p: p.setattr(default_model, "_build", _raise(OSError(errno.ENOSPC, "No space left on device"))),
+    "disk-full-during-conversion": lambda p: p.setattr(
+        default_model, "_build", _raise(OSError(errno.ENOSPC, "No space left on device"))
+    ),
 }
 
 
@@ -457,12 +479,3 @@ def test_a_chmod_read_only_cache_falls_back(tmp_path, monkeypatch, caplog):
         assert default_model.CACHE_ENV in caplog.text
     finally:
         root.chmod(0o700)
-
-
-@pytest.mark.slow
-def test_the_gguf_fallback_really_loads_and_generates(tmp_path, monkeypatch, llm):
-    expected = llm.generate("The capital of France is", max_new_tokens=8)
-    monkeypatch.setenv(default_model.CACHE_ENV, str(tmp_path / "cache"))
-    UNWRITABLE["read-only-file-system"](monkeypatch)
-    fallback = HuggingFaceLLM()
-    assert fallback.generate("The capital of France is", max_new_tokens=8) == expected

@@ -19,9 +19,9 @@ def raw_greedy(llm: HuggingFaceLLM, prompt: str, **lengths) -> str:
     return llm.tokenizer.decode(output[0], skip_special_tokens=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def baseline(llm):
-    """Greedy output before a test, to prove the object still works the same after it."""
+    """Greedy output of the untouched object, to prove it still works the same after an error."""
     return llm.generate(PROMPTS[0], max_new_tokens=8)
 
 

