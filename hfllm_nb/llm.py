@@ -311,6 +311,11 @@ class HuggingFaceLLM:
         budgets = []
         for i, length in enumerate(lengths):
             where = "The prompt" if len(prompts) == 1 else f"prompt[{i}]"
+            if length == 0:
+                raise ValueError(
+                    f"{where} ({prompts[i]!r}) has no tokens: the tokenizer drops every character of it "
+                    "(control characters, say). Pass some visible text."
+                )
             if max_new_tokens is not None:
                 if length + max_new_tokens > self.context_length:
                     raise ValueError(
@@ -378,15 +383,21 @@ class HuggingFaceLLM:
                     **options,
                 )
         except torch.OutOfMemoryError:
+            out_of_memory = True
+        else:
+            out_of_memory = False
+        finally:
+            self._record_stats(request, output, watch, on_cuda)
+        if out_of_memory:
+            # Raised outside the except block, so the OOM error and the frames holding the
+            # KV cache and activations are released before the cached memory is returned.
             if on_cuda:
                 torch.cuda.empty_cache()
             raise GenerationError(
                 f"Out of memory while generating with {self.model_id!r} on {self.device}. "
                 "Lower max_length or the batch size, or load the model with "
                 "quantization_config={'load_in_4bit': True}."
-            ) from None
-        finally:
-            self._record_stats(request, output, watch, on_cuda)
+            )
         return output
 
     def _record_stats(self, request: _Request, output: torch.Tensor | None, watch: StepWatch, on_cuda: bool) -> None:

@@ -79,6 +79,7 @@ class LLMPanel(widgets.VBox):
     """
 
     render_interval = 0.05  # seconds between output redraws (≤ 20/s keeps comms off the hot path)
+    _STOP_DRAIN_S = 2.0  # after Stop, read what the stream flushes for at most this long
 
     def __init__(self, llm: HuggingFaceLLM, **initial_settings: Any) -> None:
         self.llm = llm
@@ -272,7 +273,7 @@ class LLMPanel(widgets.VBox):
     def _read(self, chunks: Iterator[str], prompt: str, chat: bool) -> None:
         """Collect chunks into ``result_text``; redraw at most every ``render_interval`` s."""
         started = last_draw = time.perf_counter()
-        first = None
+        first = stopped_at = None
         if self._stop_requested.is_set():
             return  # stopped before it began: never take the model
         for piece in chunks:
@@ -281,6 +282,9 @@ class LLMPanel(widgets.VBox):
             # afterwards: the stream ends within a step and flushes the word it was holding back.
             if self._stop_requested.is_set():
                 self.llm.stop()
+                stopped_at = stopped_at or time.perf_counter()
+                if time.perf_counter() - stopped_at > self._STOP_DRAIN_S:
+                    return  # a stream that ignores Stop: give up on it rather than hang close()
             now = time.perf_counter()
             first = now - started if first is None else first
             if now - last_draw >= self.render_interval:

@@ -479,12 +479,6 @@ def test_a_path_that_is_not_a_model_gives_a_load_error(not_a_model, name, words)
     check_error(excinfo, Case(lambda m, d: None, ModelLoadError, words))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="llm.py _prepare does not refuse a prompt that tokenizes to 0 tokens (SmolLM2's tokenizer drops "
-    "\\x04 \\x06 \\x13 \\x14 \\x16 \\x1d): generate crashes inside transformers, or a batch item continues "
-    "from padding alone. Remove this marker once it raises ValueError.",
-)
 @pytest.mark.parametrize(
     "prompt",
     ["\x06", "\x04\x06\x13", ["ok", "\x06"], ["\x06", "\x06"]],

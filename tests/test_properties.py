@@ -30,11 +30,9 @@ ANY_TEXT = st.text(
 )
 
 
-def has_tokens(llm, prompts) -> bool:
-    """False for a prompt the tokenizer drops entirely (e.g. "\x06"): a known fault in llm.py, see
-    test_bad_input.py::test_a_prompt_the_tokenizer_drops_entirely_is_a_clear_error (xfail)."""
-    items = [prompts] if isinstance(prompts, str) else prompts
-    return all(llm.tokenizer(p)["input_ids"] for p in items if isinstance(p, str) and p.strip())
+def usable(llm, prompt: str) -> bool:
+    """Not blank, and not dropped entirely by the tokenizer (SmolLM2's drops "\x06"): those are refused."""
+    return bool(prompt.strip()) and bool(llm.tokenizer(prompt)["input_ids"])
 
 
 def generate_or_clear_error(llm, prompt, **kwargs):
@@ -56,22 +54,22 @@ def generate_or_clear_error(llm, prompt, **kwargs):
 @example(prompt="שלום עולם \u202e abc")
 @example(prompt="👩\u200d👩\u200d👧 🇫🇷")
 @example(prompt="<|im_start|>user")
+@example(prompt="\x06")  # the tokenizer drops it: no tokens at all
 def test_any_unicode_prompt_gives_text_or_a_clear_error(tiny_llm, prompt):
-    assume(has_tokens(tiny_llm, prompt))
     result = generate_or_clear_error(tiny_llm, prompt)
-    if prompt.strip():
+    if usable(tiny_llm, prompt):
         assert isinstance(result, str), f"{prompt!r} was refused"
         continuation = tiny_llm.generate(prompt, max_new_tokens=3, return_full_text=False)
         assert isinstance(continuation, str)
     else:
-        assert result is None, "a blank prompt must be refused"
+        assert result is None, "a blank or token-less prompt must be refused"
     assert not tiny_llm.is_busy
 
 
 @FAST
 @given(prompt=ANY_TEXT.filter(lambda s: s.strip()))
 def test_streamed_pieces_join_to_the_generated_continuation(tiny_llm, prompt):
-    assume(has_tokens(tiny_llm, prompt))
+    assume(usable(tiny_llm, prompt))
     expected = tiny_llm.generate(prompt, max_new_tokens=4, return_full_text=False)
     assert "".join(tiny_llm.stream(prompt, max_new_tokens=4)) == expected
 
@@ -79,9 +77,8 @@ def test_streamed_pieces_join_to_the_generated_continuation(tiny_llm, prompt):
 @FAST
 @given(prompts=st.lists(ANY_TEXT, min_size=1, max_size=3))
 def test_any_batch_gives_one_text_per_prompt_or_a_clear_error(tiny_llm, prompts):
-    assume(has_tokens(tiny_llm, prompts))
     result = generate_or_clear_error(tiny_llm, prompts)
-    if all(p.strip() for p in prompts):
+    if all(usable(tiny_llm, p) for p in prompts):
         assert isinstance(result, list)
         assert len(result) == len(prompts)
         assert all(isinstance(text, str) for text in result)
@@ -113,7 +110,6 @@ def test_chat_with_any_message_gives_a_reply_or_a_clear_error(tiny_llm, message)
     )
 )
 def test_any_object_as_a_prompt_gives_text_or_a_clear_error(tiny_llm, prompt):
-    assume(not isinstance(prompt, (str, list, tuple)) or has_tokens(tiny_llm, list(prompt)))
     result = generate_or_clear_error(tiny_llm, prompt)
     assert result is None or isinstance(result, (str, list))
 
