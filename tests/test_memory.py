@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import mmap
 import threading
 import time
 from types import SimpleNamespace
@@ -285,9 +286,11 @@ def test_monitor_interval_can_change_but_stays_validated(make_monitor):
 def test_monitor_track_shows_the_peak_of_the_block(make_monitor):
     monitor = make_monitor()
     with monitor.track() as tracking:
-        block = b"\x01" * (64 * MiB)
+        # A fresh anonymous mapping, written to: new resident pages whatever the heap already holds.
+        block = mmap.mmap(-1, 64 * MiB)
+        block.write(b"\x01" * (64 * MiB))
         time.sleep(0.3)  # several 0.05 s samples, even on a busy machine
-        del block
+        block.close()
     assert tracking.peak is monitor.last_peak
     assert tracking.peak.rss - tracking.peak.rss_start >= 48 * MiB
     assert monitor.text.splitlines()[-1].startswith("Peak during last generation: RSS ")

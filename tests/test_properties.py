@@ -71,6 +71,10 @@ def test_any_unicode_prompt_gives_text_or_a_clear_error(tiny_llm, prompt):
 def test_streamed_pieces_join_to_the_generated_continuation(tiny_llm, prompt):
     assume(usable(tiny_llm, prompt))
     expected = tiny_llm.generate(prompt, max_new_tokens=4, return_full_text=False)
+    # A random model can emit byte tokens that are not valid UTF-8. transformers' streamer flushes at
+    # each newline, so such bytes split by a newline decode to a different number of U+FFFD than one
+    # decode of the whole: a known limit of TextIteratorStreamer, not of our threading.
+    assume("\ufffd" not in expected)
     assert "".join(tiny_llm.stream(prompt, max_new_tokens=4)) == expected
 
 
