@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hfllm_nb import HuggingFaceLLM, default_model  # noqa: E402
+from hfllm_nb.testing import save_tiny_llama  # noqa: E402
 
 logger = logging.getLogger("hfllm_nb.benchmarks")
 
@@ -312,27 +313,8 @@ def measure_bandwidth(nbytes: int, reps: int = 5) -> tuple[float, float]:
 
 def tiny_model() -> Path:
     """A 2-layer random Llama with the default model's tokenizer, saved in a temp folder."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     folder = Path(tempfile.mkdtemp(prefix="hfllm-bench-tiny-"))
-    tokenizer = AutoTokenizer.from_pretrained(default_model.prepare_default_model())
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_llama(folder, default_model.prepare_default_model(), max_position_embeddings=512)
 
 
 def load_configs(report: Report, settings: Settings) -> list[Config]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from hfllm_nb import HuggingFaceLLM
 from hfllm_nb.default_model import prepare_default_model
+from hfllm_nb.testing import save_tiny_llama
 
 
 @pytest.fixture(scope="session")
@@ -27,31 +26,7 @@ def llm(default_model_dir):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, default_model_dir):
     """A 2-layer random Llama with SmolLM2's tokenizer: loads in well under a second."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    for extra in ("chat_template.jinja",):
-        if (default_model_dir / extra).exists():
-            shutil.copy(default_model_dir / extra, folder / extra)
-    return folder
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), default_model_dir)
 
 
 @pytest.fixture(scope="session")
