@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import socket
@@ -15,8 +14,6 @@ import torch
 
 from . import default_model
 from .errors import ModelLoadError
-
-logger = logging.getLogger("hfllm_nb")
 
 _HUB_CONNECT_TIMEOUT_S = 3.0
 _SECRET_KEYS = ("token", "use_auth_token")
