@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from .default_model import DEFAULT_MODEL_NAME
 from .errors import GenerationError, ModelLoadError
-from .llm import GenerationStats, HuggingFaceLLM
+from .llm import HuggingFaceLLM
+from .stats import GenerationStats
 
 if TYPE_CHECKING:
     from .monitor import MemoryMonitor

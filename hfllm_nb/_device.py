@@ -77,8 +77,9 @@ def cpu_prefers_bfloat16() -> bool:
     """Whether bf16 decodes faster than fp32 on this CPU.
 
     Decoding a small model is bound by memory bandwidth, so halving the bytes per
-    weight pays off as soon as the CPU converts bf16 in vector registers (AVX2 or
-    better on x86, any aarch64 with NEON). benchmarks/run.py measures it.
+    weight pays off as soon as the CPU converts bf16 in vector registers: AVX2 or
+    better on x86 (benchmarks/run.py measures it). On aarch64 torch reports "DEFAULT"
+    even with NEON, so such machines get float32 until a measurement says otherwise.
     """
     capability = torch.backends.cpu.get_cpu_capability()
     return capability not in ("DEFAULT", "NO AVX", "")

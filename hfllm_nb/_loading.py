@@ -130,6 +130,24 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
+def load_tokenizer(source: ModelSource, *, trust_remote_code: bool, load_kwargs: dict[str, Any]) -> Any:
+    """Load only the tokenizer (a remote engine counts tokens locally); failures become ModelLoadError."""
+    from transformers import AutoTokenizer
+
+    kwargs = dict(load_kwargs)
+    if source.is_hub:
+        _check_hub_reachable(source, kwargs)
+    tokenizer_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+    try:
+        return AutoTokenizer.from_pretrained(
+            source.location, trust_remote_code=trust_remote_code, **source.extra, **tokenizer_kwargs
+        )
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        raise ModelLoadError(_load_failure_message(source, exc, kwargs)) from None
+
+
 def _check_hub_reachable(source: ModelSource, kwargs: dict[str, Any]) -> None:
     """Fail in seconds when offline: huggingface_hub would otherwise retry for ~45 s."""
     if kwargs.get("local_files_only") or _offline_mode():

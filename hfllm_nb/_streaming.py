@@ -1,25 +1,28 @@
-"""Stop and timing hooks for generation, and a streamer that surfaces errors from its thread."""
+"""Stop and timing hooks for in-process generation, and a streamer that surfaces errors from its thread."""
 
 from __future__ import annotations
 
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from transformers import StoppingCriteria, TextIteratorStreamer
 
+from .engines.base import StopSignal
+
 
 class StepWatch(StoppingCriteria):
-    """Called once per decoding step: stops on ``stop_event`` and records when tokens arrive.
+    """Called once per decoding step: stops on the request's Stop and records when tokens arrive.
 
     transformers calls stopping criteria after every new token, so this costs one
-    ``Event.is_set()`` per step and gives Stop a latency of one step.
+    ``is_set()`` per step and gives Stop a latency of one step.
     """
 
-    def __init__(self, stop_event: threading.Event) -> None:
-        self.stop_event = stop_event
+    def __init__(self, stop: StopSignal) -> None:
+        self.stop = stop
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
         self.steps = 0
@@ -29,7 +32,7 @@ class StepWatch(StoppingCriteria):
         self.steps += 1
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
-        stop = self.stop_event.is_set()
+        stop = self.stop.is_set()
         self.stopped = self.stopped or stop
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
@@ -37,21 +40,24 @@ class StepWatch(StoppingCriteria):
 class ThreadedTextStream:
     """Run ``generate`` in a thread and iterate over its text; errors re-raise in the reader.
 
-    The reader polls the queue with a short timeout so that a generation thread that
-    dies, or a KeyboardInterrupt in the kernel, never leaves it blocked forever.
+    The streamer's own ``timeout`` makes each read give up after a short wait, so a generation
+    thread that dies, or a KeyboardInterrupt in the kernel, never leaves the reader blocked.
     """
 
-    _POLL_S = 0.05
+    _READ_TIMEOUT_S = 0.05
 
-    def __init__(self, tokenizer, *, skip_special_tokens: bool = True) -> None:
-        self.streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=skip_special_tokens)
+    def __init__(self, tokenizer: Any, *, skip_special_tokens: bool = True) -> None:
+        self.streamer = TextIteratorStreamer(
+            tokenizer, skip_prompt=True, skip_special_tokens=skip_special_tokens, timeout=self._READ_TIMEOUT_S
+        )
         self.error: BaseException | None = None
+        self.result: Any = None
         self._thread: threading.Thread | None = None
 
-    def start(self, generate_fn) -> None:
+    def start(self, generate_fn: Callable[[TextIteratorStreamer], Any]) -> None:
         def work() -> None:
             try:
-                generate_fn(self.streamer)
+                self.result = generate_fn(self.streamer)
             except BaseException as exc:  # handed to the reader, which re-raises it
                 self.error = exc
                 self.streamer.end()
@@ -61,16 +67,16 @@ class ThreadedTextStream:
 
     def __iter__(self) -> Iterator[str]:
         assert self._thread is not None, "start() first"
-        stop_signal = self.streamer.stop_signal
         while True:
             try:
-                chunk = self.streamer.text_queue.get(timeout=self._POLL_S)
-            except queue.Empty:
-                if not self._thread.is_alive() and self.streamer.text_queue.empty():
-                    return
-                continue
-            if chunk is stop_signal:
+                chunk = next(self.streamer)
+            except StopIteration:
                 return
+            except queue.Empty:
+                if not self._thread.is_alive():
+                    # Its end signal is queued already, unless it died before it could send one.
+                    self.streamer.end()
+                continue
             if chunk:
                 yield chunk
 

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import numbers
 from typing import Any
 
-# Keywords that model.generate() takes besides GenerationConfig fields.
-_GENERATE_CALL_KEYWORDS = {
-    "stopping_criteria",
-    "logits_processor",
-    "prefix_allowed_tokens_fn",
-    "assistant_model",
-    "negative_prompt_ids",
-    "negative_prompt_attention_mask",
-    "use_model_defaults",
-}
-# Sampling settings that only mean something when do_sample=True.
+# Sampling settings that only mean something when do_sample=True (the panel's sampling row).
 SAMPLING_KEYWORDS = ("temperature", "top_p", "top_k", "seed")
-# Keywords the wrapper sets itself; passing them would fight it.
-_RESERVED_KEYWORDS = {"input_ids", "attention_mask", "streamer", "inputs", "max_length", "max_new_tokens"}
 
 
 def check_prompt(prompt: Any) -> list[str]:
@@ -33,15 +20,15 @@ def check_prompt(prompt: Any) -> list[str]:
         for i, item in enumerate(prompt):
             if not isinstance(item, str):
                 raise TypeError(
-                    f"prompt[{i}] is {type(item).__name__} ({_short(item)}); every item of a prompt list must be a str."
+                    f"prompt[{i}] is {type(item).__name__} ({short(item)}); every item of a prompt list must be a str."
                 )
             _check_one_prompt(item, where=f"prompt[{i}]")
         return list(prompt)
     if isinstance(prompt, (bytes, bytearray)):
         raise TypeError(
-            f"prompt is {type(prompt).__name__} ({_short(prompt)}); pass text, for example prompt.decode('utf-8')."
+            f"prompt is {type(prompt).__name__} ({short(prompt)}); pass text, for example prompt.decode('utf-8')."
         )
-    raise TypeError(f"prompt must be a str or a list of str, not {type(prompt).__name__} ({_short(prompt)}).")
+    raise TypeError(f"prompt must be a str or a list of str, not {type(prompt).__name__} ({short(prompt)}).")
 
 
 def _check_one_prompt(text: str, where: str) -> None:
@@ -55,7 +42,7 @@ def check_length(name: str, value: Any, *, limit: int, allow_none: bool = True) 
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(
-            f"{name} must be a positive int (a number of tokens), not {type(value).__name__} ({_short(value)})."
+            f"{name} must be a positive int (a number of tokens), not {type(value).__name__} ({short(value)})."
         )
     value = int(value)
     if value <= 0:
@@ -71,9 +58,9 @@ def check_sampling(options: dict[str, Any]) -> None:
     """Validate sampling settings in place; raise for out-of-range or contradictory values."""
     do_sample = options.get("do_sample", False)
     if not isinstance(do_sample, bool):
-        raise TypeError(f"do_sample must be True or False, not {_short(do_sample)}.")
+        raise TypeError(f"do_sample must be True or False, not {short(do_sample)}.")
     if not do_sample:
-        given = [k for k in SAMPLING_KEYWORDS if options.get(k) is not None]
+        given = [k for k in (*SAMPLING_KEYWORDS, "min_p") if options.get(k) is not None]
         if given:
             verb = "applies" if len(given) == 1 else "apply"
             raise ValueError(
@@ -83,25 +70,26 @@ def check_sampling(options: dict[str, Any]) -> None:
     # Below 0.01 the scaled logits can overflow to inf and sampling fails; it is greedy by then anyway.
     _check_number(options, "temperature", low=0.01, high=100.0, low_open=False)
     _check_number(options, "top_p", low=0.0, high=1.0, low_open=True)
+    _check_number(options, "min_p", low=0.0, high=1.0, low_open=True)
     _check_number(options, "repetition_penalty", low=0.01, high=100.0, low_open=False)
     top_k = options.get("top_k")
     if top_k is not None:
         _check_int_type("top_k", top_k)
         if top_k < 0:
-            raise ValueError(f"top_k must be an int ≥ 0 (0 turns it off), got {_short(top_k)}.")
+            raise ValueError(f"top_k must be an int ≥ 0 (0 turns it off), got {short(top_k)}.")
         options["top_k"] = int(top_k)  # transformers wants a Python int, not numpy's
     seed = options.get("seed")
     if seed is not None:
         _check_int_type("seed", seed)
         if not 0 <= seed < 2**63:
-            raise ValueError(f"seed must be an int between 0 and 2**63 - 1, got {_short(seed)}.")
+            raise ValueError(f"seed must be an int between 0 and 2**63 - 1, got {short(seed)}.")
         options["seed"] = int(seed)
 
 
 def _check_int_type(name: str, value: Any) -> None:
     # A wrong type is a TypeError, like check_length's, so callers can tell it from a bad value.
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__} ({_short(value)}).")
+        raise TypeError(f"{name} must be an int, not {type(value).__name__} ({short(value)}).")
 
 
 def _check_number(options: dict, name: str, *, low: float, high: float, low_open: bool) -> None:
@@ -109,7 +97,7 @@ def _check_number(options: dict, name: str, *, low: float, high: float, low_open
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__} ({_short(value)}).")
+        raise TypeError(f"{name} must be a number, not {type(value).__name__} ({short(value)}).")
     too_low = value <= low if low_open else value < low
     if too_low or value > high or value != value:  # value != value catches NaN
         bound = f"> {low}" if low_open else f"≥ {low}"
@@ -118,39 +106,7 @@ def _check_number(options: dict, name: str, *, low: float, high: float, low_open
     options[name] = float(value)
 
 
-def check_generate_keywords(options: dict[str, Any]) -> None:
-    """Reject keywords that model.generate() would not understand, naming them."""
-    known = _known_generate_keywords()
-    reserved = sorted(set(options) & _RESERVED_KEYWORDS)
-    if reserved:
-        raise TypeError(
-            f"generate() sets {', '.join(reserved)} itself; pass the prompt as text and "
-            "max_length / max_new_tokens as their own arguments."
-        )
-    unknown = sorted(k for k in options if k not in known or k.startswith("_"))
-    if unknown:
-        raise TypeError(
-            f"generate() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}. "
-            "Use max_length, max_new_tokens, do_sample, temperature, top_p, top_k, "
-            "repetition_penalty, seed, or another transformers GenerationConfig field."
-        )
-    returns = options.get("num_return_sequences", 1)
-    if returns != 1:
-        raise ValueError(
-            f"num_return_sequences={returns!r} is not supported; call generate() several "
-            "times with do_sample=True and different seeds instead."
-        )
-
-
-@functools.cache
-def _known_generate_keywords() -> frozenset[str]:
-    from transformers import GenerationConfig
-
-    fields = {k for k in vars(GenerationConfig()) if not k.startswith("_")}
-    return frozenset(fields | _GENERATE_CALL_KEYWORDS | set(SAMPLING_KEYWORDS))
-
-
-def _short(value: Any, limit: int = 60) -> str:
+def short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -163,7 +119,7 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
     if not isinstance(messages, (list, tuple)) or not messages:
         raise TypeError(
             "messages must be a str or a non-empty list of {'role': ..., 'content': ...} dicts, "
-            f"not {_short(messages)}."
+            f"not {short(messages)}."
         )
     conversation = []
     for i, message in enumerate(messages):
@@ -173,7 +129,7 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
             or not isinstance(message.get("content"), str)
         ):
             raise TypeError(
-                f"messages[{i}] is {_short(message)}; each message must be a dict with str "
+                f"messages[{i}] is {short(message)}; each message must be a dict with str "
                 "'role' ('system', 'user' or 'assistant') and str 'content'."
             )
         conversation.append({"role": message["role"], "content": message["content"]})

@@ -1,6 +1,7 @@
 """``hfllm-nb`` command line: generate text, show the environment, prepare the default model.
 
-Exit codes: 0 success, 1 load or generation error, 2 bad arguments. Errors are one line on stderr.
+Exit codes: 0 success, 1 load or generation error, 2 bad arguments, 130 interrupted (Ctrl-C).
+Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,10 +34,14 @@ def _build_parser() -> argparse.ArgumentParser:
     lengths.add_argument("--max-length", type=int, help="tokens in prompt + continuation (default 20)")
     lengths.add_argument("--max-new-tokens", type=int, help="tokens to generate, prompt not counted")
     gen.add_argument("--model", default=None, help="hub id, local folder or .gguf file (default: embedded model)")
+    gen.add_argument("--endpoint", default=None, help="URL of an OpenAI-compatible server, e.g. http://host:8000/v1")
+    gen.add_argument("--served-model", default=None, help="model name the server knows (default: the one it serves)")
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
-    gen.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    gen.add_argument("--dtype", default=None, help="auto, float32, bfloat16 or float16 (in-process only)")
     gen.add_argument("--stream", action="store_true", help="print text as it is generated")
-    gen.add_argument("--chat", action="store_true", help="treat the prompt as a user message (chat template)")
+    gen.add_argument(
+        "--chat", action="store_true", help="treat the prompt as a user message (chat template); prints the reply"
+    )
     gen.add_argument("--only-new", action="store_true", help="print only the continuation, not the prompt")
     sampling = gen.add_argument_group("sampling (greedy unless --sample)")
     sampling.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -70,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("hfllm-nb: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # ModelLoadError, GenerationError, ImportError, OSError…
         _fail(exc)
         return EXIT_FAILED
@@ -136,20 +141,39 @@ def _generate(args: argparse.Namespace) -> int:
             "greedy decoding is the default."
         )
     _validation.check_sampling(options)
-    llm = HuggingFaceLLM(args.model, device=args.device, dtype=args.dtype)
-    if args.chat:
-        pieces = llm.chat(args.prompt, stream=True, **lengths, **options)
-    elif args.stream:
-        if not args.only_new:
-            sys.stdout.write(args.prompt)
-        pieces = llm.stream(args.prompt, **lengths, **options)
+    if args.chat and args.only_new:
+        raise ValueError("--only-new has no effect with --chat, which prints only the reply; drop one of them.")
+    load = {"dtype": args.dtype} if args.dtype is not None else {}
+    if args.endpoint is not None:
+        load.update(endpoint=args.endpoint, served_model=args.served_model)
     else:
-        text = llm.generate(args.prompt, return_full_text=not args.only_new, **lengths, **options)
-        pieces = iter([text])
+        load.update(device=args.device)
+    llm = HuggingFaceLLM(args.model, **load)
+    if args.chat:
+        pieces = llm.chat(args.prompt, stream=args.stream, **lengths, **options)
+        pieces = pieces if args.stream else iter([pieces])
+    else:
+        if not args.only_new:
+            # The prompt as the model read it (decoded from its tokens), in stream mode and not alike.
+            ids = llm.tokenizer(args.prompt)["input_ids"]
+            sys.stdout.write(llm.tokenizer.decode(ids, skip_special_tokens=True))
+        if args.stream:
+            pieces = llm.stream(args.prompt, **lengths, **options)
+        else:
+            pieces = iter([llm.generate(args.prompt, return_full_text=False, **lengths, **options)])
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    stats = llm.last_stats
+    if stats is not None:
+        logging.getLogger("hfllm_nb").info(
+            "%d tokens in %.2f s (%.1f tokens/s); ended: %s",
+            stats.new_tokens,
+            stats.seconds,
+            stats.tokens_per_second,
+            stats.ended_because,
+        )
     return EXIT_OK
 
 

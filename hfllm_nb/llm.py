@@ -1,57 +1,29 @@
-"""``HuggingFaceLLM``: load a causal LM once, then generate, stream and chat from a notebook."""
+"""``HuggingFaceLLM``: one object to generate, stream and chat, in-process or against a server.
+
+The facade validates input, turns lengths into token budgets with its tokenizer, takes turns,
+handles Stop and records stats; an engine (``engines/``) does the generating.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+import weakref
+from collections.abc import Generator, Iterator, Sequence
+from typing import Any, Literal, overload
 
 import torch
 
-from . import _device, _fast_decode, _loading, _validation
-from ._quantization import build_quantization_config
-from ._streaming import StepWatch, ThreadedTextStream
+from . import _budgets, _options, _validation
+from ._turns import TextStream, Turns
+from .engines import open_engine
+from .engines.base import STOPPED, Engine, EngineRequest, EngineResult
 from .errors import GenerationError, ModelLoadError
+from .stats import GenerationStats
 
 logger = logging.getLogger("hfllm_nb")
-
-# Used when neither the config nor the tokenizer gives a believable context length.
-_FALLBACK_CONTEXT = 2048
-
-
-@dataclass(frozen=True)
-class GenerationStats:
-    """What the last generation cost; the panel's status line reads it."""
-
-    prompt_tokens: int
-    new_tokens: int
-    seconds: float
-    time_to_first_token: float | None
-    stopped: bool
-    peak_gpu_memory: int | None = None
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass
-class _Request:
-    """A validated generation request, tokenized and ready for ``model.generate``."""
-
-    inputs: dict[str, torch.Tensor]
-    budgets: list[int]  # new tokens each prompt may get
-    options: dict[str, Any]
-    seed: int | None
-
-    @property
-    def prompt_width(self) -> int:
-        return self.inputs["input_ids"].shape[1]
 
 
 class HuggingFaceLLM:
@@ -59,22 +31,25 @@ class HuggingFaceLLM:
 
     Args:
         model_id: a hub id ("gpt2-medium"), a local folder, a ``.gguf`` file, or ``None``
-            for the embedded default model (SmolLM2-135M-Instruct, works offline).
+            for the embedded default model (SmolLM2-135M-Instruct, works offline). With
+            ``endpoint=``, the model whose tokenizer counts tokens here.
         device: "cpu", "cuda", "cuda:1", "mps", an int, or ``None`` for CUDA, then MPS, then CPU.
-        max_length: default token budget, prompt included, as in transformers.
-        quantization_config: a dict such as ``{"load_in_4bit": True}`` (needs bitsandbytes).
+        max_length: default token budget, prompt included, as in transformers (for ``chat``:
+            the reply's budget, since the chat template is not the user's text).
+        quantization_config: a dict such as ``{"load_in_8bit": True}`` or ``{"load_in_4bit": True}``.
+        endpoint: URL of an OpenAI-compatible server (vLLM, SGLang, llama.cpp, TGI,
+            ``transformers serve``), e.g. "http://127.0.0.1:8000/v1"; generation then runs there.
+        api_key, served_model, timeout: for ``endpoint`` (see ``engines.remote``).
         dtype: "auto" (bf16 where it is fast, see ``_device.resolve_dtype``), "float32",
             "bfloat16" or "float16".
         device_map: e.g. "auto" to let accelerate place layers over GPUs and CPU.
         trust_remote_code: run Python code that ships with a hub model. Off unless you trust it.
-        compile: decode with a static KV cache and a ``torch.compile``'d step, compiled once
-            here at load (see ``_fast_decode``). Same greedy text as without it in float32 (bf16
-            rounds differently in fused kernels). Pays off mostly on CUDA; not with quantization.
+        compile: decode with a static KV cache and a ``torch.compile``'d step (see ``_fast_decode``).
         **load_kwargs: passed to ``from_pretrained`` (revision, token, use_safetensors, …).
 
     Example:
-        >>> llm = HuggingFaceLLM()                      # doctest: +SKIP
-        >>> llm("Once upon a time,", max_length=30)     # doctest: +SKIP
+        >>> with HuggingFaceLLM() as llm:                   # doctest: +SKIP
+        ...     llm("Once upon a time,", max_length=30)
         'Once upon a time, ...'
     """
 
@@ -85,66 +60,65 @@ class HuggingFaceLLM:
         max_length: int = 20,
         quantization_config: dict[str, Any] | None = None,
         *,
+        endpoint: str | None = None,
+        api_key: str | None = None,
+        served_model: str | None = None,
+        timeout: float | None = None,
         dtype: str | torch.dtype = "auto",
         device_map: str | dict | None = None,
         trust_remote_code: bool = False,
         compile: bool = False,
         **load_kwargs: Any,
     ) -> None:
-        _fast_decode.check_compile(compile, quantization_config)
         if not isinstance(trust_remote_code, bool):
             raise TypeError(f"trust_remote_code must be True or False, not {trust_remote_code!r}.")
-        if device is not None and device_map is not None:
-            raise ValueError("Pass either device or device_map, not both (device_map='auto' places the model itself).")
-        if device_map is not None and not isinstance(device_map, (str, dict)):
-            raise TypeError(f"device_map must be a string such as 'auto' or a dict, not {type(device_map).__name__}.")
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be True or False, not {compile!r}.")
         _validation.check_length("max_length", max_length, limit=10**9, allow_none=False)
-        target = _device.resolve_device(device)
-        self.dtype = _device.resolve_dtype(dtype, target)
-        quantization = build_quantization_config(quantization_config, self.dtype)
+        self._turns = Turns()
+        self._panels: weakref.WeakSet = weakref.WeakSet()
+        self._closed = False
+        self.last_stats: GenerationStats | None = None
         started = time.perf_counter()
         try:
-            source = _loading.resolve_source(model_id)
-            self.model_id = source.label if model_id is None else str(model_id)
-            self.model, self.tokenizer = _loading.load_model_and_tokenizer(
-                source,
-                dtype=self.dtype,
-                # Loading straight onto the device avoids a CPU copy; quantized weights must never be .to()'d.
-                device_map=device_map if device_map is not None else {"": str(target)},
-                quantization=quantization,
+            engine, self.model_id = open_engine(
+                model_id,
+                endpoint=endpoint,
+                device=device,
+                quantization_config=quantization_config,
+                dtype=dtype,
+                device_map=device_map,
                 trust_remote_code=trust_remote_code,
+                compile=compile,
+                api_key=api_key,
+                served_model=served_model,
+                timeout=timeout,
                 load_kwargs=load_kwargs,
             )
         except ModelLoadError as exc:
             logger.error("%s", exc)  # the one place load failures are logged, whatever raised them
             raise
+        self._engine: Engine = engine
         self.load_seconds = time.perf_counter() - started
-        self.model.eval()
-        self.device = self.model.device
-        self.quantized = quantization is not None
-        self.tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.context_length = self._context_length()
+        self.tokenizer = engine.tokenizer
+        self.context_length = engine.context_length
         self.max_length = _validation.check_length(
             "max_length", max_length, limit=self.context_length, allow_none=False
         )
-        self.last_stats: GenerationStats | None = None
-        self._lock = threading.Lock()
-        self._stop_event = threading.Event()
-        self._fast = _fast_decode.FastDecode(self.device, self.context_length) if compile else None
-        if self._fast is not None:
-            self._fast.warm_up(self.generate)
-            self.last_stats = None
-        logger.info("Loaded %s on %s as %s in %.1f s.", self.model_id, self.device, self.dtype, self.load_seconds)
+        self.device: torch.device | None = getattr(engine, "device", None)
+        self.dtype: torch.dtype | None = getattr(engine, "dtype", None)
+        self.quantized = getattr(engine, "quantization", None) is not None
+        logger.info("Ready: %s (%s) in %.1f s.", self.model_id, engine.description, self.load_seconds)
 
     def __repr__(self) -> str:
-        kind = "quantized" if self.quantized else str(self.dtype).replace("torch.", "")
-        return (
-            f"HuggingFaceLLM(model_id={self.model_id!r}, device='{self.device}', {kind}, max_length={self.max_length})"
-        )
+        return f"HuggingFaceLLM(model_id={self.model_id!r}, {self._engine.description}, max_length={self.max_length})"
 
-    # ----------------------------------------------------------------- public API
+    # ----------------------------------------------------------------- generation
+
+    @overload
+    def generate(self, prompt: str, max_length: int | None = ..., **kwargs: Any) -> str: ...
+    @overload
+    def generate(self, prompt: Sequence[str], max_length: int | None = ..., **kwargs: Any) -> list[str]: ...
 
     def generate(
         self,
@@ -158,38 +132,42 @@ class HuggingFaceLLM:
         """Continue ``prompt`` (greedy unless ``do_sample=True``) and return the text.
 
         Args:
-            prompt: a string, or a list of strings to generate as one left-padded batch.
+            prompt: a string, or a list of strings to generate as one batch.
             max_length: tokens in prompt + continuation; defaults to ``self.max_length``.
             max_new_tokens: count only generated tokens instead (exclusive with max_length).
             return_full_text: include the prompt in the result (default) or not.
-            **generate_kwargs: do_sample, temperature, top_p, top_k, repetition_penalty,
-                seed, or any other ``GenerationConfig`` field.
+            **generate_kwargs: do_sample, temperature, top_p, top_k, min_p, repetition_penalty,
+                seed, stop_strings, min_new_tokens; in-process also num_beams and friends
+                (``_options.ALLOWED_OPTIONS``).
 
         >>> llm.generate("The future of AI is", max_new_tokens=5)   # doctest: +SKIP
         'The future of AI is bright, and it'
         """
         if not isinstance(return_full_text, bool):
             raise TypeError(f"return_full_text must be True or False, not {return_full_text!r}.")
-        request = self._prepare(prompt, max_length, max_new_tokens, generate_kwargs)
-        with self._lock:
-            output = self._run(request)
-        texts = self._decode(request, output, return_full_text)
+        request, budget = self._request(prompt, max_length, max_new_tokens, generate_kwargs)
+        try:
+            with self._turns.turn():
+                result = self._engine.generate(request)
+        finally:
+            self._turns.retire(request.stop)
+        self._record(request, result, budget)
+        texts = [
+            self._full_text(ids, prompt_text, completion) if return_full_text else completion.text
+            for ids, prompt_text, completion in zip(request.token_ids, request.prompts, result.completions, strict=True)
+        ]
         return texts[0] if isinstance(prompt, str) else texts
 
     __call__ = generate
 
     def stream(
-        self,
-        prompt: str,
-        max_length: int | None = None,
-        *,
-        max_new_tokens: int | None = None,
-        **generate_kwargs: Any,
+        self, prompt: str, max_length: int | None = None, *, max_new_tokens: int | None = None, **generate_kwargs: Any
     ) -> Iterator[str]:
         """Yield the continuation of ``prompt`` in pieces as they are generated.
 
         Joined, the pieces equal ``generate(prompt, return_full_text=False)``. Closing the
-        iterator (``break``) stops generation within one step.
+        iterator (``.close()``) stops generation within one step; see ``_turns`` for what a
+        new call does while a stream is left open.
 
         >>> for piece in llm.stream("Once upon a time,", max_new_tokens=20):   # doctest: +SKIP
         ...     print(piece, end="")
@@ -197,8 +175,15 @@ class HuggingFaceLLM:
         if not isinstance(prompt, str):
             _validation.check_prompt(prompt)  # raises a precise error for bad types
             raise TypeError("stream() takes one prompt string; call it once per prompt, or use generate() for a batch.")
-        request = self._prepare(prompt, max_length, max_new_tokens, generate_kwargs)
-        return self._stream(request)
+        request, budget = self._request(prompt, max_length, max_new_tokens, generate_kwargs, streaming=True)
+        return TextStream(lambda handle: self._stream(handle, request, budget))
+
+    @overload
+    def chat(self, messages: Any, max_length: int | None = ..., *, stream: Literal[False] = ..., **kw: Any) -> str: ...
+    @overload
+    def chat(
+        self, messages: Any, max_length: int | None = ..., *, stream: Literal[True], **kw: Any
+    ) -> Iterator[str]: ...
 
     def chat(
         self,
@@ -211,22 +196,30 @@ class HuggingFaceLLM:
     ) -> str | Iterator[str]:
         """Reply to a conversation using the tokenizer's chat template.
 
-        ``messages`` is a user message as text, or a list of ``{"role", "content"}`` dicts.
-        With neither length given, the reply may use ``self.max_length`` new tokens, since
-        the template adds tokens the user never typed. ``stream=True`` returns an iterator.
+        ``messages`` is a user message as text, or a list of ``{"role", "content"}`` dicts. In
+        chat, ``max_length`` (default ``self.max_length``) and ``max_new_tokens`` both bound the
+        reply alone: the template adds tokens the user never typed. The same rule holds in the
+        panel and the CLI. ``stream=True`` returns an iterator whose pieces join to the reply.
 
         >>> llm.chat("What is the capital of France?", max_new_tokens=20)   # doctest: +SKIP
         'The capital of France is Paris.'
         """
-        prompt = self.format_chat(messages)
-        if max_length is None and max_new_tokens is None:
-            max_new_tokens = self.max_length
-        request = self._prepare(prompt, max_length, max_new_tokens, generate_kwargs, add_special_tokens=False)
+        if not isinstance(stream, bool):
+            raise TypeError(f"stream must be True or False, not {stream!r}.")
+        conversation = _validation.check_messages(messages)
+        prompt = self.format_chat(conversation)
+        request, budget = self._request(
+            prompt, max_length, max_new_tokens, generate_kwargs, streaming=stream, messages=conversation
+        )
         if stream:
-            return self._stream(request)
-        with self._lock:
-            output = self._run(request)
-        return self._decode(request, output, return_full_text=False)[0].strip()
+            return TextStream(lambda handle: self._stream(handle, request, budget))
+        try:
+            with self._turns.turn():
+                result = self._engine.generate(request)
+        finally:
+            self._turns.retire(request.stop)
+        self._record(request, result, budget)
+        return result.completions[0].text
 
     def format_chat(self, messages: str | Sequence[dict[str, str]]) -> str:
         """The prompt text the chat template builds for ``messages`` (what the model reads)."""
@@ -239,211 +232,176 @@ class HuggingFaceLLM:
         return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
 
     def stop(self) -> None:
-        """Stop the generation running on this object (from another thread or a widget)."""
-        self._stop_event.set()
+        """Stop the running generation, and any asked for but not yet started, from any thread."""
+        self._turns.stop_all()
 
-    def count_tokens(self, text: str, *, add_special_tokens: bool = True) -> int:
+    @overload
+    def count_tokens(self, text: str, *, add_special_tokens: bool = ...) -> int: ...
+    @overload
+    def count_tokens(self, text: Sequence[str], *, add_special_tokens: bool = ...) -> list[int]: ...
+
+    def count_tokens(self, text: str | Sequence[str], *, add_special_tokens: bool = True) -> int | list[int]:
         """How many tokens ``text`` takes as a prompt (what counts against max_length).
 
-        Pass ``add_special_tokens=False`` for text from ``format_chat``, as ``chat`` does.
+        A list of strings gives a list of counts. Pass ``add_special_tokens=False`` for text
+        from ``format_chat``, as ``chat`` does.
         """
-        _validation.check_prompt(text)
-        return len(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+        texts = _validation.check_prompt(text)
+        counts = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
+        return counts[0] if isinstance(text, str) else counts
 
     @property
     def sampling_defaults(self) -> dict[str, float | int]:
         """temperature, top_p and top_k that ``do_sample=True`` uses unless you pass them."""
-        config = self.model.generation_config
-        fallback = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}  # transformers' own defaults
-        return {
-            name: value if (value := getattr(config, name, None)) is not None else default
-            for name, default in fallback.items()
-        }
+        return self._engine.sampling_defaults
+
+    @property
+    def engine_description(self) -> str:
+        """Where generation runs, in one line (the panel's memory readout shows it)."""
+        return self._engine.description
 
     @property
     def is_busy(self) -> bool:
         """True while a generation holds the model."""
-        return self._lock.locked()
+        return self._turns.busy
+
+    @property
+    def model(self) -> Any:
+        """The in-process transformers model (a remote engine has none and says so)."""
+        return self._in_process()[0]
+
+    # ----------------------------------------------------------------- views and lifetime
+
+    def explain(self, prompt: str, max_new_tokens: int = 20, top_k: int = 5, **generate_kwargs: Any):
+        """Each token of prompt and continuation with its probability and top alternatives (``Explanation``)."""
+        from .lookinside import explain
+
+        return explain(self, prompt, max_new_tokens=max_new_tokens, top_k=top_k, **generate_kwargs)
+
+    def logit_lens(self, prompt: str):
+        """Every layer's next-token guess at every prompt position (``LogitLens``)."""
+        from .lookinside import logit_lens
+
+        return logit_lens(self, prompt)
+
+    @contextlib.contextmanager
+    def _inspect(self) -> Iterator[tuple[Any, Any]]:
+        """Hold the in-process model and tokenizer for the look-inside views; no generation runs meanwhile."""
+        model_and_tokenizer = self._in_process()
+        with self._turns.turn():
+            yield model_and_tokenizer
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GenerationError(f"{self.model_id!r} was closed; load it again with HuggingFaceLLM(...).")
+
+    def _in_process(self) -> tuple[Any, Any]:
+        self._check_open()
+        inspect = getattr(self._engine, "inspect", None)
+        if inspect is None:
+            raise GenerationError(
+                f"This needs the model's weights in this process, and {self._engine.description} runs it on a "
+                "server. Load it here too, e.g. HuggingFaceLLM(model_id) without endpoint=, for the look-inside views."
+            )
+        return inspect()
 
     def panel(self, **settings: Any):
-        """An ipywidgets panel for this model (see ``hfllm_nb.LLMPanel``)."""
+        """An ipywidgets panel for this model (see ``hfllm_nb.LLMPanel``); ``close()`` closes it too."""
         from .panel import LLMPanel  # the core stays importable without ipywidgets
 
-        return LLMPanel(self, **settings)
+        panel = LLMPanel(self, **settings)
+        self._panels.add(panel)
+        return panel
+
+    def close(self) -> None:
+        """Stop any generation, close this model's panels, free the weights (and the CUDA cache)."""
+        self.stop()
+        for panel in list(self._panels):
+            panel.close()
+        with self._turns.turn():
+            self._closed = True
+            self._engine.close()
+
+    def __enter__(self) -> HuggingFaceLLM:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     # ----------------------------------------------------------------- internals
 
-    def _context_length(self) -> int:
-        config = self.model.config
-        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            value = getattr(config, name, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        value = getattr(self.tokenizer, "model_max_length", None)
-        if isinstance(value, int) and 0 < value < 10**7:
-            return value
-        return _FALLBACK_CONTEXT
-
-    def _prepare(
+    def _request(
         self,
         prompt: Any,
         max_length: Any,
         max_new_tokens: Any,
         options: dict[str, Any],
         *,
-        add_special_tokens: bool = True,
-    ) -> _Request:
+        streaming: bool = False,
+        messages: list[dict[str, str]] | None = None,
+    ) -> tuple[EngineRequest, str]:
         """Validate everything before touching the model, so a bad call changes no state."""
-        prompts = _validation.check_prompt(prompt)
-        max_length = _validation.check_length("max_length", max_length, limit=self.context_length)
-        max_new_tokens = _validation.check_length("max_new_tokens", max_new_tokens, limit=self.context_length)
-        if max_length is not None and max_new_tokens is not None:
-            raise ValueError(
-                f"Pass max_length ({max_length}, prompt included) or max_new_tokens "
-                f"({max_new_tokens}, generated only), not both."
-            )
-        options = dict(options)
-        _validation.check_generate_keywords(options)
-        _validation.check_sampling(options)
-        seed = options.pop("seed", None)
-        encoded = self.tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]
-        lengths = [len(ids) for ids in encoded]
-        budgets = []
-        for i, length in enumerate(lengths):
-            where = "The prompt" if len(prompts) == 1 else f"prompt[{i}]"
-            if length == 0:
-                raise ValueError(
-                    f"{where} ({prompts[i]!r}) has no tokens: the tokenizer drops every character of it "
-                    "(control characters, say). Pass some visible text."
-                )
-            if max_new_tokens is not None:
-                if length + max_new_tokens > self.context_length:
-                    raise ValueError(
-                        f"{where} has {length} tokens; with max_new_tokens={max_new_tokens} that exceeds "
-                        f"the model's context of {self.context_length}. Shorten the prompt or lower max_new_tokens."
-                    )
-                budgets.append(max_new_tokens)
-                continue
-            limit = max_length if max_length is not None else self.max_length
-            if length >= limit:
-                raise ValueError(
-                    f"{where} has {length} tokens, which already fills max_length={limit} "
-                    "(max_length counts the prompt too). Raise max_length above "
-                    f"{length}, or pass max_new_tokens=N to count only new tokens."
-                )
-            budgets.append(limit - length)
-        inputs = self._left_pad(encoded)
-        return _Request(inputs=inputs, budgets=budgets, options=options, seed=seed)
-
-    def _left_pad(self, encoded: list[list[int]]) -> dict[str, torch.Tensor]:
-        """Batch token lists, padded on the left so every prompt ends where generation starts.
-
-        Padding here rather than with ``tokenizer(..., padding=True)`` keeps the fast tokenizer's
-        shared state untouched, so a streamer decoding in another thread never collides with it.
-        """
-        width = max(len(ids) for ids in encoded)
-        input_ids = torch.full((len(encoded), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, ids in enumerate(encoded):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, width - len(ids) :] = 1
-        return {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
-
-    def _run(self, request: _Request, streamer: Any = None) -> torch.Tensor:
-        """Call ``model.generate``; the caller holds ``self._lock``."""
-        from transformers import StoppingCriteriaList
-
-        self._stop_event.clear()
-        watch = StepWatch(self._stop_event)
-        options = dict(request.options)
-        criteria = StoppingCriteriaList([watch, *(options.pop("stopping_criteria", None) or [])])
-        options.setdefault("do_sample", False)
-        options.setdefault("pad_token_id", self.tokenizer.pad_token_id)
-        if self._fast is not None:
-            options = {**self._fast.options(request.prompt_width, max(request.budgets)), **options}
-        on_cuda = self.device.type == "cuda"
-        if on_cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
-        # Sampling with a seed must not disturb the user's global RNG state.
-        rng = (
-            torch.random.fork_rng(devices=[self.device] if on_cuda else [])
-            if request.seed is not None
-            else contextlib.nullcontext()
+        self._check_open()
+        options = _options.check_options(options, streaming=streaming)
+        self._engine.check_options(options)
+        prompts, encoded, budgets, budget = _budgets.plan(
+            self.tokenizer,
+            prompt,
+            max_length,
+            max_new_tokens,
+            context_length=self.context_length,
+            default_max_length=self.max_length,
+            chat=messages is not None,
         )
-        output = None
+        request = EngineRequest(prompts, encoded, budgets, options, self._turns.new_signal(), messages)
+        return request, budget
+
+    def _stream(self, handle: TextStream, request: EngineRequest, budget: str) -> Generator[str, None, None]:
+        seen: list[str] = []
+        started = time.perf_counter()
+        first: float | None = None
+        result: EngineResult | None = None
         try:
-            with rng, torch.inference_mode():
-                if request.seed is not None:
-                    torch.manual_seed(request.seed)
-                output = self.model.generate(
-                    **request.inputs,
-                    max_new_tokens=max(request.budgets),
-                    stopping_criteria=criteria,
-                    streamer=streamer,
-                    **options,
-                )
-        except torch.OutOfMemoryError:
-            out_of_memory = True
-        else:
-            out_of_memory = False
+            with self._turns.turn(handle):
+                pieces = self._engine.stream(request)
+                try:
+                    while True:
+                        piece = next(pieces)
+                        first = first if first is not None else time.perf_counter() - started
+                        seen.append(piece)
+                        yield piece
+                except StopIteration as end:
+                    result = end.value
+                finally:
+                    pieces.close()
         finally:
-            self._record_stats(request, output, watch, on_cuda)
-        if out_of_memory:
-            # Raised outside the except block, so the OOM error and the frames holding the
-            # KV cache and activations are released before the cached memory is returned.
-            if on_cuda:
-                torch.cuda.empty_cache()
-            raise GenerationError(
-                f"Out of memory while generating with {self.model_id!r} on {self.device}. "
-                "Lower max_length or the batch size, or load the model with "
-                "quantization_config={'load_in_4bit': True}."
-            )
-        return output
+            self._turns.retire(request.stop)
+            if result is None and seen:  # closed early: count what was read
+                text = "".join(seen)
+                tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+                result = _stopped_result(text, tokens, started, first)
+            if result is not None:
+                self._record(request, result, budget)
 
-    def _record_stats(self, request: _Request, output: torch.Tensor | None, watch: StepWatch, on_cuda: bool) -> None:
-        elapsed = time.perf_counter() - watch.started
-        new_tokens = 0
-        if output is not None:
-            new_part = output[:, request.prompt_width :]
-            real = new_part != self.tokenizer.pad_token_id
-            new_tokens = int(
-                sum(min(int(row.sum()), budget) for row, budget in zip(real, request.budgets, strict=True))
-            )
-        else:
-            new_tokens = watch.steps * len(request.budgets)
-        first = watch.first_token_at - watch.started if watch.first_token_at is not None else None
-        peak = torch.cuda.max_memory_allocated(self.device) if on_cuda else None
+    def _record(self, request: EngineRequest, result: EngineResult, budget: str) -> None:
         self.last_stats = GenerationStats(
-            prompt_tokens=int(request.inputs["attention_mask"].sum()),
-            new_tokens=new_tokens,
-            seconds=elapsed,
-            time_to_first_token=first,
-            stopped=watch.stopped,
-            peak_gpu_memory=peak,
+            prompt_tokens=sum(len(ids) for ids in request.token_ids),
+            new_tokens=sum(c.new_tokens for c in result.completions),
+            seconds=result.seconds,
+            time_to_first_token=result.time_to_first_token,
+            finish_reasons=tuple(c.finish_reason for c in result.completions),
+            budget=budget,
+            peak_gpu_memory=result.peak_gpu_memory,
         )
 
-    def _decode(self, request: _Request, output: torch.Tensor, return_full_text: bool) -> list[str]:
-        width = request.prompt_width
-        mask = request.inputs["attention_mask"]
-        texts = []
-        for row, row_mask, budget in zip(output, mask, request.budgets, strict=True):
-            # Cut each row to its own budget, so a batch item equals its single-prompt result.
-            new_ids = row[width : width + budget]
-            ids = torch.cat([row[:width][row_mask.bool()], new_ids]) if return_full_text else new_ids
-            texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
-        return texts
+    def _full_text(self, prompt_ids: list[int], prompt: str, completion: Any) -> str:
+        """Prompt + continuation; decoded together where the token ids are known, as transformers does."""
+        if completion.token_ids is None:
+            return prompt + completion.text
+        return self.tokenizer.decode(prompt_ids + completion.token_ids, skip_special_tokens=True)
 
-    def _stream(self, request: _Request) -> Iterator[str]:
-        if len(request.budgets) != 1:
-            raise TypeError("stream() takes one prompt string; use generate() for a batch.")
-        stream = ThreadedTextStream(self.tokenizer)
-        with self._lock:
-            try:
-                stream.start(lambda streamer: self._run(request, streamer=streamer))
-                yield from stream
-            finally:
-                # Reached on normal end, on close() (break) and on KeyboardInterrupt alike.
-                self._stop_event.set()
-                stream.join()
-        if stream.error is not None:
-            raise stream.error
+
+def _stopped_result(text: str, tokens: int, started: float, first: float | None) -> EngineResult:
+    from .engines.base import Completion
+
+    return EngineResult([Completion(text, tokens, STOPPED)], time.perf_counter() - started, first)

@@ -7,6 +7,7 @@ import dataclasses
 import html
 import logging
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -80,7 +81,8 @@ class MemoryMonitor(widgets.VBox):
 
     def __init__(self, interval: float = 1.0, *, llm: HuggingFaceLLM | None = None) -> None:
         self._interval = check_interval(interval)
-        self.llm = llm
+        # Weak, so a readout left on screen never keeps a closed or deleted model's weights alive.
+        self._llm_ref = weakref.ref(llm) if llm is not None else None
         self.snapshot: MemorySnapshot = read_memory()
         self.last_peak: MemoryPeak | None = None
         self._tracker: PeakTracker | None = None
@@ -91,7 +93,10 @@ class MemoryMonitor(widgets.VBox):
         self._ram_row = _Row("System RAM")
         self.peak_label = widgets.HTML()
         self._peak_text = ""
-        super().__init__([*self._gpu_rows, self._rss_row, self._ram_row, self.peak_label])
+        # Where the model runs, e.g. "remote · http://host:8000/v1 · model": its memory is not ours.
+        self._engine_text = f"Model: {llm.engine_description}" if llm is not None else ""
+        self.engine_label = widgets.HTML(f"<i>{html.escape(self._engine_text)}</i>")
+        super().__init__([*self._gpu_rows, self._rss_row, self._ram_row, self.engine_label, self.peak_label])
         self.refresh()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hfllm_nb-memory", daemon=True)
@@ -117,7 +122,13 @@ class MemoryMonitor(widgets.VBox):
     def text(self) -> str:
         """The current readout as plain text, one line per row."""
         lines = [row.text for row in (*self._gpu_rows, self._rss_row, self._ram_row)]
-        return "\n".join(lines + ([self._peak_text] if self._peak_text else []))
+        extra = [text for text in (self._engine_text, self._peak_text) if text]
+        return "\n".join(lines + extra)
+
+    @property
+    def llm(self) -> HuggingFaceLLM | None:
+        """The model whose peaks are shown, while it exists."""
+        return self._llm_ref() if self._llm_ref is not None else None
 
     def refresh(self) -> MemorySnapshot:
         """Read memory now and redraw; returns the reading."""
@@ -140,7 +151,8 @@ class MemoryMonitor(widgets.VBox):
         """Start sampling for the peak of the coming generation."""
         if self._tracker is not None:
             self._tracker.stop()
-        self._stats_before = self.llm.last_stats if self.llm is not None else None
+        llm = self.llm
+        self._stats_before = llm.last_stats if llm is not None else None
         self._tracker = PeakTracker().start()
 
     def generation_finished(self) -> MemoryPeak | None:
@@ -148,11 +160,13 @@ class MemoryMonitor(widgets.VBox):
         if self._tracker is None:
             return None
         peak, self._tracker = self._tracker.stop(), None
-        stats = self.llm.last_stats if self.llm is not None else None
+        llm = self.llm
+        stats = llm.last_stats if llm is not None else None
         exact = stats.peak_gpu_memory if stats is not None and stats is not self._stats_before else None
         # Sampling can miss a short spike; torch's own counter (reset per generation) cannot.
-        if exact is not None and self.llm is not None and self.llm.device.type == "cuda":
-            index = self.llm.device.index or 0
+        device = getattr(llm, "device", None)
+        if exact is not None and device is not None and device.type == "cuda":
+            index = device.index or 0
             gpus = list(peak.gpu_allocated)
             if index < len(gpus):
                 gpus[index] = max(gpus[index], exact)
@@ -184,7 +198,7 @@ class MemoryMonitor(widgets.VBox):
         if self._tracker is not None:
             self._tracker.stop()
             self._tracker = None
-        for child in (*self._gpu_rows, self._rss_row, self._ram_row, self.peak_label):
+        for child in (*self._gpu_rows, self._rss_row, self._ram_row, self.engine_label, self.peak_label):
             child.close()
         super().close()
 

@@ -1,7 +1,8 @@
 """``LLMPanel``: prompt box, sliders, streamed output, stats and memory for one ``HuggingFaceLLM``.
 
 The panel holds no model logic: callbacks read widget values, call the public
-``HuggingFaceLLM`` API (``stream``, ``chat``, ``stop``, ``count_tokens``) and write results.
+``HuggingFaceLLM`` API (``stream``, ``chat(stream=True)``, ``stop``, ``count_tokens``) and write
+results. It never asks which engine runs the model.
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ class LLMPanel(widgets.VBox):
             (None: a new sample each run), chat_mode, memory_interval. Defaults come from
             ``llm`` (``llm.max_length``, the model's generation config).
 
-    Anything the panel does is one call on ``llm``: ``llm.stream(prompt, **panel.settings())``.
+    Anything the panel does is one call on ``llm``: ``llm.stream(prompt, **panel.settings())``, or
+    in chat mode ``llm.chat(prompt, stream=True, **panel.settings())``, where ``max_length`` bounds
+    the reply alone (the chat template is not counted), as in ``llm.chat``.
 
     >>> panel = llm.panel(prompt="Once upon a time,", max_length=60)   # doctest: +SKIP
     >>> panel                       # display it; or drive it from code:
@@ -284,7 +287,7 @@ class LLMPanel(widgets.VBox):
                 self.llm.stop()
                 stopped_at = stopped_at or time.perf_counter()
                 if time.perf_counter() - stopped_at > self._STOP_DRAIN_S:
-                    return  # a stream that ignores Stop: give up on it rather than hang close()
+                    return  # a stream that ignores Stop: stop reading; _work's close() then ends it
             now = time.perf_counter()
             first = now - started if first is None else first
             if now - last_draw >= self.render_interval:
@@ -296,10 +299,9 @@ class LLMPanel(widgets.VBox):
         if stats is None:
             return "stopped before the first token" if self._stop_requested.is_set() else ""
         first = f"{stats.time_to_first_token:.2f} s" if stats.time_to_first_token is not None else "–"
-        end = " · <b>stopped</b>" if stats.stopped else ""
         return (
             f"{stats.new_tokens} tokens · {stats.tokens_per_second:.1f} tokens/s · "
-            f"first token after {first} · {stats.seconds:.2f} s{end}"
+            f"first token after {first} · {stats.seconds:.2f} s · ended: <b>{html.escape(stats.ended_because)}</b>"
         )
 
     def _show_error(self, exc: BaseException) -> None:
@@ -332,13 +334,15 @@ class LLMPanel(widgets.VBox):
         except (TypeError, ValueError):  # empty prompt
             count = 0
         limit = self.max_length.value
-        where = " (chat template included)" if self.chat_mode.value and count else ""
+        if self.chat_mode.value:  # in chat, max_length bounds the reply alone, as in llm.chat
+            self.prompt_tokens.value = f"prompt: {count} tokens (chat template, not counted) · up to {limit} new"
+            return
         if count and count >= limit:
             self.prompt_tokens.value = (
-                f'<span style="color:#c62828">prompt: {count} tokens{where}, raise max_length above {count}</span>'
+                f'<span style="color:#c62828">prompt: {count} tokens, raise max_length above {count}</span>'
             )
         else:
-            self.prompt_tokens.value = f"prompt: {count} tokens{where} · up to {limit - count} new"
+            self.prompt_tokens.value = f"prompt: {count} tokens · up to {limit - count} new"
 
     @staticmethod
     def _check_settings(llm: HuggingFaceLLM, given: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,85 @@
+"""Engines behind ``HuggingFaceLLM``: ``LocalEngine`` (transformers in-process) and ``RemoteEngine``
+(any OpenAI-compatible server). Each implements ``base.Engine``."""
+
+from typing import Any
+
+from .base import END_OF_TEXT, LENGTH, STOP_STRING, STOPPED, Completion, Engine, EngineRequest, EngineResult, StopSignal
+
+__all__ = [
+    "END_OF_TEXT",
+    "LENGTH",
+    "STOPPED",
+    "STOP_STRING",
+    "Completion",
+    "Engine",
+    "EngineRequest",
+    "EngineResult",
+    "StopSignal",
+]
+
+
+def open_engine(
+    model_id: Any,
+    *,
+    endpoint: str | None,
+    device: Any,
+    quantization_config: Any,
+    dtype: Any,
+    device_map: Any,
+    trust_remote_code: bool,
+    compile: bool,
+    api_key: str | None,
+    served_model: str | None,
+    timeout: float | None,
+    load_kwargs: dict[str, Any],
+) -> tuple[Engine, str]:
+    """Check which engine the arguments ask for, then start it; returns it and the model's label.
+
+    Arguments of the other engine are refused rather than ignored, naming where they belong.
+    """
+    if endpoint is not None:
+        given = {"device": device, "quantization_config": quantization_config, "device_map": device_map}
+        wrong = [name for name, value in given.items() if value is not None]
+        wrong += ["compile"] * compile + ["dtype"] * (dtype != "auto")
+        if wrong:
+            raise ValueError(
+                f"{', '.join(wrong)} configure an in-process model; with endpoint= the server runs the "
+                "model, so set them in its launch flags (e.g. vllm serve MODEL --dtype bfloat16 "
+                "--quantization awq --tensor-parallel-size 2) and drop them here."
+            )
+        from .remote import RemoteEngine
+
+        remote = RemoteEngine(
+            endpoint,
+            model_id=model_id,
+            api_key=api_key,
+            served_model=served_model,
+            timeout=timeout,
+            trust_remote_code=trust_remote_code,
+            load_kwargs=load_kwargs,
+        )
+        return remote, str(getattr(remote, "served_model", None) or model_id)
+    for name, value in (("api_key", api_key), ("served_model", served_model), ("timeout", timeout)):
+        if value is not None:
+            raise ValueError(f"{name} only applies with endpoint=; pass endpoint='http://host:port/v1' too.")
+    if device is not None and device_map is not None:
+        raise ValueError("Pass either device or device_map, not both (device_map='auto' places the model itself).")
+    if device_map is not None and not isinstance(device_map, (str, dict)):
+        raise TypeError(f"device_map must be a string such as 'auto' or a dict, not {type(device_map).__name__}.")
+    from .. import _device, _loading
+    from .local import LocalEngine
+
+    target = _device.resolve_device(device)
+    _device.resolve_dtype(dtype, target)  # a bad dtype fails here, before any loading
+    source = _loading.resolve_source(model_id)
+    local = LocalEngine(
+        source,
+        device=target,
+        dtype=dtype,
+        quantization_config=quantization_config,
+        device_map=device_map,
+        trust_remote_code=trust_remote_code,
+        compile=compile,
+        load_kwargs=load_kwargs,
+    )
+    return local, source.label if model_id is None else str(model_id)

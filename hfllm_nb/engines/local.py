@@ -1,0 +1,244 @@
+"""The in-process engine: a transformers model on this machine's CPU or GPU."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import time
+from collections.abc import Generator
+from typing import Any
+
+import torch
+
+from .. import _device, _fast_decode, _loading
+from .._streaming import StepWatch, ThreadedTextStream
+from ..errors import GenerationError
+from .base import END_OF_TEXT, LENGTH, STOP_STRING, STOPPED, Completion, EngineRequest, EngineResult
+
+logger = logging.getLogger("hfllm_nb")
+
+# Used when neither the config nor the tokenizer gives a believable context length.
+FALLBACK_CONTEXT = 2048
+
+
+class LocalEngine:
+    """Loads a causal LM with transformers and generates with ``model.generate``.
+
+    Args:
+        source: where the weights come from (``_loading.resolve_source``).
+        device: a resolved ``torch.device``; ignored when ``device_map`` is given.
+        dtype: the user's dtype argument ("auto", a name or a torch.dtype).
+        quantization_config: the user's dict (see ``_quantization.plan_quantization``).
+        device_map, trust_remote_code, compile, load_kwargs: as ``HuggingFaceLLM`` documents them.
+    """
+
+    def __init__(
+        self,
+        source: _loading.ModelSource,
+        *,
+        device: torch.device,
+        dtype: Any,
+        quantization_config: Any,
+        device_map: Any,
+        trust_remote_code: bool,
+        compile: bool,
+        load_kwargs: dict[str, Any],
+    ) -> None:
+        self.dtype = _device.resolve_dtype(dtype, device)
+        plan = None
+        if quantization_config is not None:
+            from .._quantization import plan_quantization
+
+            plan = plan_quantization(quantization_config, dtype=self.dtype, device=device)
+        _fast_decode.check_compile(compile, plan)
+        self.quantization = plan
+        self.model, self.tokenizer = _loading.load_model_and_tokenizer(
+            source,
+            dtype=plan.load_dtype if plan is not None else self.dtype,
+            # Loading straight onto the device avoids a CPU copy; quantized weights must never be .to()'d.
+            device_map=device_map if device_map is not None else {"": str(device)},
+            quantization=plan.from_pretrained_config if plan is not None else None,
+            trust_remote_code=trust_remote_code,
+            load_kwargs=load_kwargs,
+        )
+        if plan is not None:
+            plan.after_load(self.model)
+        self.model.eval()
+        self.device = self.model.device
+        self.tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.context_length = self._context_length()
+        self._eos_ids = self._end_token_ids()
+        self._fast = _fast_decode.FastDecode(self.device, self.context_length) if compile else None
+        if self._fast is not None:
+            self._fast.warm_up(self._warm_up_generate)
+
+    # ----------------------------------------------------------------- Engine protocol
+
+    @property
+    def description(self) -> str:
+        kind = self.quantization.label if self.quantization is not None else str(self.dtype).replace("torch.", "")
+        return f"{self.device} · {kind}"
+
+    @property
+    def sampling_defaults(self) -> dict[str, float | int]:
+        config = self.model.generation_config
+        fallback = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}  # transformers' own defaults
+        return {
+            name: value if (value := getattr(config, name, None)) is not None else default
+            for name, default in fallback.items()
+        }
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Every option of ``_options.ALLOWED_OPTIONS`` works in-process."""
+
+    def generate(self, request: EngineRequest) -> EngineResult:
+        watch = StepWatch(request.stop)
+        output = self._run(request, watch)
+        return self._result(request, output, watch)
+
+    def stream(self, request: EngineRequest) -> Generator[str, None, EngineResult]:
+        watch = StepWatch(request.stop)
+        stream = ThreadedTextStream(self.tokenizer)
+        stream.start(lambda streamer: self._run(request, watch, streamer=streamer))
+        try:
+            yield from stream
+        finally:
+            # Reached on normal end, on close() (break) and on KeyboardInterrupt alike.
+            if stream.error is None and stream.result is None:
+                request.stop.set()
+            stream.join()
+        if stream.error is not None:
+            raise stream.error
+        return self._result(request, stream.result, watch)
+
+    def close(self) -> None:
+        model = self.__dict__.pop("model", None)
+        self._fast = None
+        if model is None:
+            return
+        on_cuda = self.device.type == "cuda"
+        del model
+        gc.collect()
+        if on_cuda:
+            torch.cuda.empty_cache()
+
+    # ----------------------------------------------------------------- look-inside views
+
+    def inspect(self) -> tuple[Any, Any]:
+        """The model and tokenizer, for views that run forward passes of their own."""
+        if "model" not in self.__dict__:
+            raise GenerationError("This model was closed; load it again with HuggingFaceLLM(...).")
+        return self.model, self.tokenizer
+
+    # ----------------------------------------------------------------- internals
+
+    def _context_length(self) -> int:
+        config = self.model.config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        value = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(value, int) and 0 < value < 10**7:
+            return value
+        return FALLBACK_CONTEXT
+
+    def _end_token_ids(self) -> set[int]:
+        ids = self.model.generation_config.eos_token_id
+        if ids is None:
+            ids = self.tokenizer.eos_token_id
+        return set(ids) if isinstance(ids, (list, tuple)) else ({ids} if ids is not None else set())
+
+    def _left_pad(self, encoded: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Batch token lists, padded on the left so every prompt ends where generation starts.
+
+        Padding here rather than with ``tokenizer(..., padding=True)`` keeps the fast tokenizer's
+        shared state untouched, so a streamer decoding in another thread never collides with it.
+        """
+        width = max(len(ids) for ids in encoded)
+        input_ids = torch.full((len(encoded), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, ids in enumerate(encoded):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
+        return {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
+
+    def _generate_kwargs(self, request: EngineRequest, watch: StepWatch, width: int) -> dict[str, Any]:
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        options = dict(request.options)
+        options.pop("seed", None)
+        criteria = StoppingCriteriaList([watch, *options.pop("stopping_criteria", [])])
+        if "logits_processor" in options:
+            options["logits_processor"] = LogitsProcessorList(options["logits_processor"])
+        if "stop_strings" in options:
+            options["tokenizer"] = self.tokenizer  # transformers needs it to match strings
+        options.setdefault("do_sample", False)
+        options.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        if self._fast is not None:
+            options = {**self._fast.options(width, max(request.budgets)), **options}
+        return {"max_new_tokens": max(request.budgets), "stopping_criteria": criteria, **options}
+
+    def _run(self, request: EngineRequest, watch: StepWatch, streamer: Any = None) -> torch.Tensor:
+        inputs = self._left_pad(request.token_ids)
+        kwargs = self._generate_kwargs(request, watch, inputs["input_ids"].shape[1])
+        seed = request.options.get("seed")
+        on_cuda = self.device.type == "cuda"
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        # Sampling with a seed must not disturb the user's global RNG state.
+        rng = torch.random.fork_rng(devices=[self.device] if on_cuda else []) if seed is not None else None
+        try:
+            with rng or contextlib.nullcontext(), torch.inference_mode():
+                if seed is not None:
+                    torch.manual_seed(seed)
+                return self.model.generate(**inputs, streamer=streamer, **kwargs)
+        except torch.OutOfMemoryError:
+            pass
+        # Raised outside the except block, so the OOM error and the frames holding the
+        # KV cache and activations are released before the cached memory is returned.
+        if on_cuda:
+            torch.cuda.empty_cache()
+        raise GenerationError(
+            f"Out of memory while generating on {self.device}. Lower max_length or the batch size, "
+            "or load the model with quantization_config={'load_in_4bit': True}."
+        )
+
+    def _result(self, request: EngineRequest, output: torch.Tensor, watch: StepWatch) -> EngineResult:
+        seconds = time.perf_counter() - watch.started
+        width = max(len(ids) for ids in request.token_ids)
+        stop_strings = request.options.get("stop_strings") or []
+        completions = []
+        for row, budget in zip(output.tolist(), request.budgets, strict=True):
+            # Cut each row to its own budget, so a batch item equals its single-prompt result.
+            new_ids = row[width : width + budget]
+            end = next((i for i, token in enumerate(new_ids) if token in self._eos_ids), None)
+            if end is not None:
+                new_ids = new_ids[: end + 1]
+            text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+            completions.append(
+                Completion(text, len(new_ids), self._finish_reason(end, new_ids, budget, text, stop_strings), new_ids)
+            )
+        first = watch.first_token_at - watch.started if watch.first_token_at is not None else None
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        return EngineResult(completions, seconds=seconds, time_to_first_token=first, peak_gpu_memory=peak)
+
+    @staticmethod
+    def _finish_reason(end: int | None, new_ids: list[int], budget: int, text: str, stop_strings: list[str]) -> str:
+        if end is not None:
+            return END_OF_TEXT
+        if any(s in text for s in stop_strings):
+            return STOP_STRING
+        if len(new_ids) >= budget:
+            return LENGTH
+        # Ended early without an end token: Stop, or a stopping criterion of the caller's.
+        return STOPPED
+
+    def _warm_up_generate(self, prompt: str, **lengths: int) -> None:
+        """The ``generate`` that ``FastDecode.warm_up`` calls, on this engine directly."""
+        options = {"min_new_tokens": lengths.get("min_new_tokens", 1)}
+        ids = self.tokenizer(prompt)["input_ids"]
+        self.generate(EngineRequest([prompt], [ids], [lengths.get("max_new_tokens", 4)], options))
