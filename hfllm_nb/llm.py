@@ -19,7 +19,7 @@ import torch
 from . import _budgets, _options, _validation
 from ._turns import TextStream, Turns
 from .engines import open_engine
-from .engines.base import STOPPED, Engine, EngineRequest, EngineResult
+from .engines.base import STOPPED, Completion, Engine, EngineRequest, EngineResult
 from .errors import GenerationError, ModelLoadError
 from .stats import GenerationStats
 
@@ -47,10 +47,8 @@ class HuggingFaceLLM:
         compile: decode with a static KV cache and a ``torch.compile``'d step (see ``_fast_decode``).
         **load_kwargs: passed to ``from_pretrained`` (revision, token, use_safetensors, …).
 
-    Example:
-        >>> with HuggingFaceLLM() as llm:                   # doctest: +SKIP
-        ...     llm("Once upon a time,", max_length=30)
-        'Once upon a time, ...'
+    >>> with HuggingFaceLLM() as llm:                   # doctest: +SKIP
+    ...     llm("Once upon a time,", max_length=30)
     """
 
     def __init__(
@@ -146,12 +144,7 @@ class HuggingFaceLLM:
         if not isinstance(return_full_text, bool):
             raise TypeError(f"return_full_text must be True or False, not {return_full_text!r}.")
         request, budget = self._request(prompt, max_length, max_new_tokens, generate_kwargs)
-        try:
-            with self._turns.turn():
-                result = self._engine.generate(request)
-        finally:
-            self._turns.retire(request.stop)
-        self._record(request, result, budget)
+        result = self._generate(request, budget)
         texts = [
             self._full_text(ids, prompt_text, completion) if return_full_text else completion.text
             for ids, prompt_text, completion in zip(request.token_ids, request.prompts, result.completions, strict=True)
@@ -213,13 +206,7 @@ class HuggingFaceLLM:
         )
         if stream:
             return TextStream(lambda handle: self._stream(handle, request, budget))
-        try:
-            with self._turns.turn():
-                result = self._engine.generate(request)
-        finally:
-            self._turns.retire(request.stop)
-        self._record(request, result, budget)
-        return result.completions[0].text
+        return self._generate(request, budget).completions[0].text
 
     def format_chat(self, messages: str | Sequence[dict[str, str]]) -> str:
         """The prompt text the chat template builds for ``messages`` (what the model reads)."""
@@ -356,6 +343,15 @@ class HuggingFaceLLM:
         request = EngineRequest(prompts, encoded, budgets, options, self._turns.new_signal(), messages)
         return request, budget
 
+    def _generate(self, request: EngineRequest, budget: str) -> EngineResult:
+        try:
+            with self._turns.turn():
+                result = self._engine.generate(request)
+        finally:
+            self._turns.retire(request.stop)
+        self._record(request, result, budget)
+        return result
+
     def _stream(self, handle: TextStream, request: EngineRequest, budget: str) -> Generator[str, None, None]:
         seen: list[str] = []
         started = time.perf_counter()
@@ -379,7 +375,7 @@ class HuggingFaceLLM:
             if result is None and seen:  # closed early: count what was read
                 text = "".join(seen)
                 tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-                result = _stopped_result(text, tokens, started, first)
+                result = EngineResult([Completion(text, tokens, STOPPED)], time.perf_counter() - started, first)
             if result is not None:
                 self._record(request, result, budget)
 
@@ -400,8 +396,3 @@ class HuggingFaceLLM:
             return prompt + completion.text
         return self.tokenizer.decode(prompt_ids + completion.token_ids, skip_special_tokens=True)
 
-
-def _stopped_result(text: str, tokens: int, started: float, first: float | None) -> EngineResult:
-    from .engines.base import Completion
-
-    return EngineResult([Completion(text, tokens, STOPPED)], time.perf_counter() - started, first)

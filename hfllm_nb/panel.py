@@ -203,7 +203,10 @@ class LLMPanel(widgets.VBox):
         prompt, chat = self.prompt.value, self.chat_mode.value
         try:
             if self.llm.is_busy:
-                raise GenerationError("The model is busy with another generation; wait for it, or call llm.stop().")
+                raise GenerationError(
+                    "The model is busy with another generation: wait for it, call llm.stop(), or close a "
+                    "stream() left half-read in another cell (stream.close())."
+                )
             stats_before = self.llm.last_stats
             kwargs = self.settings()
             # Validation happens here, in the caller's thread, before any thread starts.

@@ -7,46 +7,30 @@ panel, and the server log, land in ``test-artifacts/``.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import re
-import secrets
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
-import nbformat
 import pytest
+from _browser import (  # noqa: F401  (importing the fixtures makes them available here)
+    ARTIFACTS,
+    Lab,
+    _run_code,
+    _screenshot_on_failure,
+    _wait_until,
+    browser_fixture,
+    lab_fixture,
+    open_notebook,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # CI runs as root in a container
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 NOTEBOOK = "panel.ipynb"
 PROMPT = "The capital of France is"
 LONG_MAX_LENGTH = 400
 
-# Every wait is bounded, so a broken page fails instead of hanging. The slowest steps are the
-# server's first start and the model load in the kernel, seconds each on an idle 2-core runner.
-SERVER_START_S = 90
-PAGE_LOAD_S = 60
-KERNEL_IDLE_S = 90
+# Every wait is bounded, so a broken page fails instead of hanging (see _browser.py for the rest).
 PANEL_RENDER_S = 150
 GENERATION_S = 120
 STOP_S = 30
@@ -63,251 +47,14 @@ CELLS = [
 ]
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _skip_or_fail(reason: str) -> None:
-    """In CI a missing browser is a broken runner, not a reason to skip."""
-    if _in_ci():
-        pytest.fail(f"CI must run the browser tests, but {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-# ----------------------------------------------------------------------------- JupyterLab server
-
-
-@dataclass(frozen=True)
-class Lab:
-    url: str
-    token: str
-    root: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _api(lab: Lab, path: str, method: str = "GET") -> Any:
-    request = urllib.request.Request(f"{lab.url}{path}", method=method, headers={"Authorization": f"token {lab.token}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        body = response.read()
-    return json.loads(body) if body else None
-
-
-def _write_settings(folder: Path) -> None:
-    """User settings that keep JupyterLab quiet: no news toast, no update check."""
-    path = folder / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-
-
-def _wait_for_server(lab: Lab, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"JupyterLab exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError):
-            _api(lab, "/api/status")
-            return
-        time.sleep(0.3)
-    pytest.fail(f"JupyterLab did not answer within {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
-
-
-def _stop_server(lab: Lab, process: subprocess.Popen) -> None:
-    # Kernels run in their own sessions: shut them down through the API, then the server.
-    with contextlib.suppress(OSError, ValueError):
-        for kernel in _api(lab, "/api/kernels"):
-            _api(lab, f"/api/kernels/{kernel['id']}", method="DELETE")
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory) -> Iterator[Lab]:
-    """A JupyterLab server on a free port, in a fresh folder, with its own settings."""
-    home = tmp_path_factory.mktemp("jupyterlab")
-    root = home / "root"
-    root.mkdir()
-    _write_settings(home / "settings")
-    env = {
-        **os.environ,
-        "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
-        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-    }
-    port, token = _free_port(), secrets.token_hex(16)
-    lab = Lab(url=f"http://127.0.0.1:{port}", token=token, root=root)
-    command = [
-        sys.executable, "-m", "jupyter", "lab",
-        "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
-        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-        "--LabApp.news_url=None",  # no announcements feed, so no "get notified?" toast
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: kernel state and commands
-    ]  # fmt: skip
-    log = home / "server.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)
-    try:
-        _wait_for_server(lab, process, log)
-        yield lab
-    finally:
-        _stop_server(lab, process)
-        ARTIFACTS.mkdir(exist_ok=True)
-        (ARTIFACTS / "jupyterlab-server.log").write_text(log.read_text())
-
-
-# ----------------------------------------------------------------------------- browser
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        _skip_or_fail(f"{CHROMIUM} is missing; install it with .ci/install-browser.sh.")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _skip_or_fail("playwright is not installed; pip install -e '.[test]'.")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=60_000)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-def _wait_until(check: Callable[[], Any], timeout: float, what: str, poll: float = 0.25) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after timeout s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Timed out after {timeout:.0f} s waiting for {what}.")
-        time.sleep(poll)
-
-
-_KERNEL_STATE = """() => {
-    const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-    const kernel = panel && panel.sessionContext && panel.sessionContext.session
-        && panel.sessionContext.session.kernel;
-    return kernel ? `${kernel.status}/${kernel.connectionStatus}` : "no kernel";
-}"""
-
-
-def _wait_for_idle_kernel(page: Any) -> None:
-    """Wait until the notebook's kernel is connected and idle, accepting a kernel dialog.
-
-    The toolbar's idle circle shows before a kernel even exists, and cells run before the
-    kernel is ready are dropped, so this asks the session itself.
-    """
-    dialog = page.locator(".jp-Dialog")
-
-    def idle() -> bool:
-        if dialog.count():  # "Select Kernel", shown when the notebook names no known kernel
-            choices = dialog.locator("select")
-            python = choices.locator("option", has_text="Python 3")
-            if python.count():
-                choices.first.select_option(value=python.first.get_attribute("value"))
-            dialog.locator(".jp-Dialog-button.jp-mod-accept").first.click()
-        return page.evaluate(_KERNEL_STATE) == "idle/connected"
-
-    _wait_until(idle, KERNEL_IDLE_S, "the notebook's kernel to be idle")
-
-
-_RUN_CODE = """async (code) => {
-    const app = window.jupyterapp;
-    const notebook = app.shell.currentWidget.content;
-    notebook.activeCellIndex = notebook.widgets.length - 1;
-    await app.commands.execute("notebook:insert-cell-below");
-    const cell = notebook.activeCell;
-    cell.model.sharedModel.setSource(code);
-    await app.commands.execute("notebook:run-cell");
-    const outputs = cell.model.outputs.toJSON();
-    const text = (o) => o.text || (o.data && o.data["text/plain"]) || o.evalue || "";
-    return outputs.map(text).join("");
-}"""
-
-
-def _run_code(page: Any, code: str) -> str:
-    """Append a code cell, run it, and return its text output (the kernel's view of things)."""
-    return page.evaluate(_RUN_CODE, code)
-
-
-# The kernel took the first cell: it went busy, or the cell has output or an execution count.
-# (The "[*]" prompt is no proof: JupyterLab shows it before the kernel has the request.)
-_FIRST_CELL_STARTED = """() => {
-    const panel = window.jupyterapp.shell.currentWidget;
-    const cell = panel.content.widgets[0].model;
-    const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
-    const busy = kernel && kernel.status === "busy";
-    return busy || cell.executionCount !== null || cell.outputs.length > 0;
-}"""
-
-
-def _run_all_cells(page: Any) -> None:
-    """Run all cells, and run them again if the kernel never saw the request."""
-    for _attempt in range(3):
-        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-        with contextlib.suppress(AssertionError):
-            _wait_until(lambda: page.evaluate(_FIRST_CELL_STARTED), 15, "the first cell to start")
-            return
-        _wait_for_idle_kernel(page)
-    raise AssertionError("The kernel ignored 'Run All Cells' three times; see the server log.")
-
-
-@contextlib.contextmanager
-def _screenshot_on_failure(page: Any, name: str) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        ARTIFACTS.mkdir(exist_ok=True)
-        with contextlib.suppress(Exception):
-            page.screenshot(path=ARTIFACTS / f"{name}-failure.png", full_page=True)
-        raise
-
-
 @pytest.fixture(scope="module")
 def page(browser: Any, lab: Lab) -> Iterator[Any]:
     """The test notebook open in JupyterLab with all cells run and the panel rendered.
 
     ``browser`` comes first so that a missing Chromium skips before a server starts.
     """
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3 (ipykernel)",
-        "language": "python",
-    }
-    notebook.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
-    nbformat.write(notebook, lab.root / NOTEBOOK)
-
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    context.set_default_timeout(30_000)
-    page = context.new_page()
-    try:
-        with _screenshot_on_failure(page, "open-notebook"):
-            # /doc is JupyterLab's single-document view; ?reset ignores any saved workspace.
-            url = f"{lab.url}/doc/tree/{NOTEBOOK}?reset&token={lab.token}"
-            page.goto(url, timeout=PAGE_LOAD_S * 1000)
-            page.wait_for_function(
-                "() => window.jupyterapp && window.jupyterapp.shell.currentWidget",
-                timeout=PAGE_LOAD_S * 1000,
-            )
-            _wait_for_idle_kernel(page)
-            _run_all_cells(page)
-            page.locator(".hfllm-test-generate_button").wait_for(timeout=PANEL_RENDER_S * 1000)
+    with open_notebook(browser, lab, NOTEBOOK, CELLS, ".hfllm-test-generate_button", PANEL_RENDER_S) as page:
         yield page
-    finally:
-        context.close()
 
 
 # ----------------------------------------------------------------------------- tests
@@ -329,6 +76,19 @@ def _greedy(page: Any, length: str) -> str:
     """The kernel's own greedy continuation of PROMPT; ``length`` is a keyword argument."""
     code = f"print(llm.generate({PROMPT!r}, {length}, return_full_text=False), end='')"
     return _run_code(page, code)
+
+
+def _generate_and_wait(page: Any) -> None:
+    """Type PROMPT, click Generate, wait until the run ends and the status shows its token count."""
+    _type_prompt(page, PROMPT)
+    page.get_by_role("button", name="Generate").click()
+    generate = page.locator(".hfllm-test-generate_button")
+    status = page.locator(".hfllm-test-status")
+    _wait_until(
+        lambda: generate.is_enabled() and re.match(r"\d+ tokens", status.inner_text()),
+        GENERATION_S,
+        "the panel to finish and show its token count",
+    )
 
 
 def test_panel_renders_with_memory_readout_in_units(page):
@@ -359,15 +119,7 @@ def test_empty_prompt_shows_an_error_and_leaves_the_panel_idle(page):
 
 def test_generate_streams_the_greedy_continuation(page):
     with _screenshot_on_failure(page, "generate"):
-        _type_prompt(page, PROMPT)
-        page.get_by_role("button", name="Generate").click()
-        generate = page.locator(".hfllm-test-generate_button")
-        status = page.locator(".hfllm-test-status")
-        _wait_until(
-            lambda: generate.is_enabled() and re.match(r"\d+ tokens", status.inner_text()),
-            GENERATION_S,
-            "the panel to finish and show its token count",
-        )
+        _generate_and_wait(page)
         assert page.locator(".hfllm-test-error").inner_text().strip() == ""
         expected = _greedy(page, "max_length=panel.max_length.value")
         assert expected.strip(), "the model generated nothing to compare with"
@@ -419,3 +171,60 @@ def test_stop_ends_a_long_generation_early(page):
         panel = page.locator(".jp-OutputArea-output", has=page.locator(".hfllm-test-prompt"))
         panel.screenshot(path=ARTIFACTS / "panel.png")
         print(f"\nStopped at {new_tokens}/{budget} new tokens, idle {idle_after:.1f} s after Stop.")
+
+
+# ----------------------------------------------------------------------------- the same panel, remote
+
+REMOTE_NOTEBOOK = "panel_remote.ipynb"
+
+
+@pytest.fixture(scope="module")
+def served(default_model_dir) -> Iterator[Any]:
+    """A real ``transformers serve`` on the default model, started and stopped here."""
+    from _server import ServeProcess
+
+    server = ServeProcess(default_model_dir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def remote_page(browser: Any, lab: Lab, served: Any) -> Iterator[Any]:
+    """A notebook whose panel drives a model on the server: the cells differ only in ``endpoint=``."""
+    cells = [f"from hfllm_nb import HuggingFaceLLM\n\nllm = HuggingFaceLLM(endpoint={served.url!r})", CELLS[1]]
+    with open_notebook(browser, lab, REMOTE_NOTEBOOK, cells, ".hfllm-test-generate_button", PANEL_RENDER_S) as page:
+        yield page
+
+
+def test_remote_panel_generates_the_servers_greedy_text_and_names_the_endpoint(remote_page, served):
+    page = remote_page
+    with _screenshot_on_failure(page, "remote-generate"):
+        memory = page.locator(".hfllm-test-memory")
+        _wait_until(lambda: served.url in memory.inner_text(), 10, "the readout to name the endpoint")
+        _generate_and_wait(page)
+        assert page.locator(".hfllm-test-error").inner_text().strip() == ""
+        expected = _greedy(page, "max_length=panel.max_length.value")
+        assert expected.strip() and _continuation(page) == expected
+
+
+def test_remote_panel_stop_ends_a_long_generation_and_the_server_answers_again(remote_page):
+    page = remote_page
+    with _screenshot_on_failure(page, "remote-stop"):
+        _type_prompt(page, PROMPT)
+        _run_code(page, f"panel.max_length.value = {LONG_MAX_LENGTH}")
+        generate = page.locator(".hfllm-test-generate_button")
+        stop = page.get_by_role("button", name="Stop")
+        generate.click()
+        _wait_until(lambda: _continuation(page), GENERATION_S, "the first streamed text")
+        assert not generate.is_enabled(), "the run ended before Stop; raise LONG_MAX_LENGTH"
+        stop.click()
+        _wait_until(generate.is_enabled, STOP_S, "Generate to be enabled again after Stop")
+        assert "stopped" in page.locator(".hfllm-test-status").inner_text()
+        stopped, new_tokens = _run_code(page, "s = llm.last_stats; print(s.stopped, s.new_tokens)").split()
+        assert stopped == "True" and 0 < int(new_tokens) < LONG_MAX_LENGTH
+        # The server is free again: a short request answers at once.
+        started = time.monotonic()
+        assert _run_code(page, f"print(llm.generate({PROMPT!r}, max_new_tokens=2))").strip().startswith(PROMPT)
+        assert time.monotonic() - started < 30

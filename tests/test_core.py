@@ -116,7 +116,8 @@ def test_calls_from_several_threads_never_overlap_in_the_model(tiny_llm, monkeyp
                 active[0] -= 1
 
     monkeypatch.setattr(model, "generate", counting_generate)
-    threads = [threading.Thread(target=tiny_llm.generate, args=("Hello",), kwargs={"max_new_tokens": 3}) for _ in range(4)]
+    call = {"target": tiny_llm.generate, "args": ("Hello",), "kwargs": {"max_new_tokens": 3}}
+    threads = [threading.Thread(**call) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -1,0 +1,152 @@
+"""A tiny fake OpenAI-compatible server for the faults a real one will not produce on demand.
+
+Malformed streams, HTTP 500s, error events, dropped connections, a server that goes quiet,
+several listed models. Generation itself is always checked against the real ``transformers
+serve`` (tests/_server.py); this one never stands in for it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class FakeServer:
+    """Serve on 127.0.0.1 in a thread; set ``mode`` to pick the next replies' behaviour.
+
+    Modes: "ok" (streams ``words`` then finishes), "slow" (one piece, then only SSE comments
+    until ``release`` is set or 30 s pass), "silent" (one piece, then nothing at all),
+    "malformed", "error_event", "drop" (closes mid-stream), "status:NNN" (answers every POST
+    with that HTTP status and ``message``). With ``required_key`` set, any other key gets 401.
+    """
+
+    def __init__(self, models: list[dict[str, Any]] | None = None) -> None:
+        self.models = models if models is not None else [{"id": "fake-model", "object": "model", "owned_by": "me"}]
+        self.mode = "ok"
+        self.message = "fake failure"
+        self.required_key: str | None = None
+        self.words = ["Hello", " there", "."]
+        self.requests: list[dict[str, Any]] = []  # bodies of POSTs, newest last
+        self.auth_headers: list[str] = []
+        self.release = threading.Event()
+        self.disconnected = threading.Event()  # set when a client closed a "slow" stream
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai", daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> FakeServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.release.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:  # keep pytest output clean
+            pass
+
+        def _refused(self) -> bool:
+            fake.auth_headers.append(self.headers.get("Authorization", ""))
+            if fake.required_key is None or self.headers.get("Authorization") == f"Bearer {fake.required_key}":
+                return False
+            self._json(401, {"error": {"message": "Unauthorized", "code": 401}})
+            return True
+
+        def do_GET(self) -> None:
+            if self._refused():
+                return
+            if self.path.rstrip("/") == "/v1/models":
+                self._json(200, {"object": "list", "data": fake.models})
+            else:
+                self._json(404, {"detail": "Not Found"})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            if self._refused():
+                return
+            fake.requests.append(body)
+            if fake.mode.startswith("status:"):
+                status = int(fake.mode.split(":")[1])
+                self._json(status, {"error": {"message": fake.message, "code": status}})
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            try:
+                self._stream(body)
+            except (BrokenPipeError, ConnectionResetError):
+                fake.disconnected.set()
+
+        def _stream(self, body: dict[str, Any]) -> None:
+            chat = "messages" in body
+            if fake.mode == "malformed":
+                self._send("data: {this is not json\n\n")
+                return
+            if fake.mode == "error_event":
+                self._send(_chunk(chat, "Hel"))
+                self._send('data: {"error": {"message": "the model fell over"}}\n\n')
+                return
+            if fake.mode == "drop":
+                self._send(_chunk(chat, "Hel"))
+                self.close_connection = True
+                return
+            if fake.mode in ("slow", "silent"):
+                self._send(_chunk(chat, "Hel"))
+                deadline = time.monotonic() + 30
+                while not fake.release.is_set() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    if fake.mode == "slow":
+                        self._send(": keep-alive\n\n")  # an SSE comment: no event, but finds a closed client
+                return
+            for word in fake.words:
+                self._send(_chunk(chat, word))
+            self._send(_chunk(chat, "", finish="stop", usage=len(fake.words)))
+            self._send("data: [DONE]\n\n")
+
+        def _send(self, text: str) -> None:
+            self.wfile.write(text.encode())
+            self.wfile.flush()
+
+        def _json(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
+
+
+def _chunk(chat: bool, text: str, finish: str | None = None, usage: int | None = None) -> str:
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+    if chat:
+        choice["delta"] = {"content": text}
+    else:
+        choice["text"] = text
+    payload: dict[str, Any] = {
+        "id": "fake",
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": 0,
+        "model": "fake-model",
+        "choices": [choice],
+    }
+    if usage is not None:
+        payload["usage"] = {"prompt_tokens": 1, "completion_tokens": usage, "total_tokens": usage + 1}
+    return f"data: {json.dumps(payload)}\n\n"

@@ -1,0 +1,108 @@
+"""Start and stop a real ``transformers serve`` for the remote-engine tests, offline on the CPU.
+
+>>> server = ServeProcess(folder).start()     # doctest: +SKIP
+>>> server.url                                 # doctest: +SKIP
+'http://127.0.0.1:41234/v1'
+>>> server.stop()                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve_command(folder: str | os.PathLike, port: int) -> list[str]:
+    """``transformers serve FOLDER`` pinned to the folder, float32 on the CPU, on 127.0.0.1:port."""
+    cli = Path(sys.executable).with_name("transformers")
+    launcher = [str(cli)] if cli.exists() else [sys.executable, "-m", "transformers.cli.transformers"]
+    return [
+        *launcher,
+        "serve",
+        str(folder),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
+class ServeProcess:
+    """One ``transformers serve`` subprocess; ``start`` waits until it lists its model."""
+
+    def __init__(self, folder: str | os.PathLike, port: int | None = None) -> None:
+        self.folder = str(folder)
+        self.port = port or free_port()
+        self.process: subprocess.Popen | None = None
+        handle, name = tempfile.mkstemp(prefix="transformers-serve-", suffix=".log")
+        os.close(handle)
+        self.log_path = Path(name)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout: float = 120.0) -> ServeProcess:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                serve_command(self.folder, self.port),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # its own process group: stop() ends every child too
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"transformers serve exited with {self.process.returncode}:\n{self.log_tail()}")
+            if self.answers():
+                return self
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"transformers serve did not answer within {timeout:g} s:\n{self.log_tail()}")
+
+    def answers(self) -> bool:
+        """True once GET /v1/models lists the model (the weights are loaded)."""
+        try:
+            with urllib.request.urlopen(self.url + "/models", timeout=2) as response:
+                return bool(json.load(response).get("data"))
+        except (OSError, ValueError):
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no goodbye to open connections."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
