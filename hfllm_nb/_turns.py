@@ -28,8 +28,10 @@ class TextStream(Iterator[str]):
     a step. Reading it from one thread at a time is the caller's part.
     """
 
-    def __init__(self, body: Callable[[TextStream], Generator[str, None, None]]) -> None:
-        self._body = body(self)
+    def __init__(self, body: Callable[[weakref.ref[TextStream]], Generator[str, None, None]]) -> None:
+        # The body gets a weak reference: were it strong, the two would form a cycle, and a stream
+        # dropped after ``break`` would hold the model until the garbage collector came by.
+        self._body = body(weakref.ref(self))
         self.owner: threading.Thread | None = None
 
     def __iter__(self) -> TextStream:
@@ -49,7 +51,7 @@ class Turns:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._holder: Any = None  # the TextStream holding the model, or the thread of a plain call
+        self._holder: Any = None  # a weakref to the TextStream holding the model, or the thread of a plain call
         self._signals: weakref.WeakSet[StopSignal] = weakref.WeakSet()
         self._signals_lock = threading.Lock()
 
@@ -76,8 +78,8 @@ class Turns:
             signal.set()
 
     @contextlib.contextmanager
-    def turn(self, holder: TextStream | None = None) -> Iterator[None]:
-        """Hold the model for one call (``holder`` is the stream, for ``stream()``)."""
+    def turn(self, holder: weakref.ref[TextStream] | None = None) -> Iterator[None]:
+        """Hold the model for one call (``holder`` refers to the stream, for ``stream()``)."""
         self._clear_the_way()
         self._lock.acquire()
         self._holder = holder if holder is not None else threading.current_thread()
@@ -89,6 +91,8 @@ class Turns:
 
     def _clear_the_way(self) -> None:
         holder = self._holder
+        if isinstance(holder, weakref.ref):
+            holder = holder()  # None: the stream was dropped and is closing itself
         me = threading.current_thread()
         if holder is me:
             raise GenerationError(

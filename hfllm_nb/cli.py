@@ -153,14 +153,15 @@ def _generate(args: argparse.Namespace) -> int:
         pieces = llm.chat(args.prompt, stream=args.stream, **lengths, **options)
         pieces = pieces if args.stream else iter([pieces])
     else:
-        if not args.only_new:
-            # The prompt as the model read it (decoded from its tokens), in stream mode and not alike.
-            ids = llm.tokenizer(args.prompt)["input_ids"]
-            sys.stdout.write(llm.tokenizer.decode(ids, skip_special_tokens=True))
+        # Both calls validate before anything is printed, so an error leaves stdout empty.
         if args.stream:
             pieces = llm.stream(args.prompt, **lengths, **options)
         else:
             pieces = iter([llm.generate(args.prompt, return_full_text=False, **lengths, **options)])
+        if not args.only_new:
+            # The prompt as the model read it (decoded from its tokens), in stream mode and not alike.
+            ids = llm.tokenizer(args.prompt)["input_ids"]
+            sys.stdout.write(llm.tokenizer.decode(ids, skip_special_tokens=True))
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()

@@ -352,7 +352,7 @@ class HuggingFaceLLM:
         self._record(request, result, budget)
         return result
 
-    def _stream(self, handle: TextStream, request: EngineRequest, budget: str) -> Generator[str, None, None]:
+    def _stream(self, handle: weakref.ref, request: EngineRequest, budget: str) -> Generator[str, None, None]:
         seen: list[str] = []
         started = time.perf_counter()
         first: float | None = None

@@ -56,6 +56,13 @@ def test_a_half_read_stream_does_not_block_the_next_call_on_the_same_thread(llm)
     assert list(stream) == []  # the abandoned stream was ended, not resumed
 
 
+def test_breaking_out_of_a_stream_loop_frees_the_model_at_once(llm):
+    for _ in llm.stream(PROMPT, max_new_tokens=200):
+        break  # the iterator is dropped here: no reference cycle may keep it generating
+    assert not llm.is_busy
+    assert llm.last_stats.stopped and llm.last_stats.new_tokens < 10
+
+
 def test_generate_inside_a_stream_loop_runs_and_ends_that_stream(llm):
     expected = llm.generate(PROMPT, max_new_tokens=4)
 
