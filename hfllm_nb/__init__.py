@@ -10,18 +10,23 @@ from .llm import HuggingFaceLLM
 from .stats import GenerationStats
 
 if TYPE_CHECKING:
+    from .explain_view import Explanation, LogitLens
+    from .explorer import NextTokenExplorer
     from .monitor import MemoryMonitor
     from .panel import LLMPanel
 
 __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MODEL_NAME",
+    "Explanation",
     "GenerationError",
     "GenerationStats",
     "HuggingFaceLLM",
     "LLMPanel",
+    "LogitLens",
     "MemoryMonitor",
     "ModelLoadError",
+    "NextTokenExplorer",
     "__version__",
 ]
 
@@ -36,4 +41,12 @@ def __getattr__(name: str) -> Any:
         from .monitor import MemoryMonitor
 
         return MemoryMonitor
+    if name == "NextTokenExplorer":
+        from .explorer import NextTokenExplorer
+
+        return NextTokenExplorer
+    if name in ("Explanation", "LogitLens"):
+        from . import explain_view
+
+        return getattr(explain_view, name)
     raise AttributeError(f"module 'hfllm_nb' has no attribute {name!r}")

@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from . import _validation
+from ._panel_settings import NO_SEED, check_panel_settings
 from .errors import GenerationError
-from .memory import check_interval
 from .monitor import MemoryMonitor
 
 if TYPE_CHECKING:
@@ -28,9 +27,6 @@ logger = logging.getLogger("hfllm_nb")
 
 # Past this a slider is too coarse to aim with; a larger max_length=... still widens it.
 _SLIDER_MAX_LENGTH = 2048
-_SAMPLING = _validation.SAMPLING_KEYWORDS  # temperature, top_p, top_k, seed
-_SETTINGS = ("prompt", "max_length", "do_sample", *_SAMPLING, "chat_mode", "memory_interval")
-_NO_SEED = -1  # the seed box shows this for "no seed": a fresh sample every run
 _WIDE = {"description_width": "initial"}
 _PROMPT_STYLE = "color:#6a737d"
 _CONTINUATION_STYLE = "font-weight:600"
@@ -40,21 +36,19 @@ _OUTPUT_STYLE = (
 )
 
 
-def render_output(prompt: str, continuation: str, *, chat: bool = False) -> str:
-    """The output HTML: the prompt in grey, the continuation in bold, all text escaped."""
+def render_output(prompt: str, continuation: str, *, chat: bool = False, continuation_html: str | None = None) -> str:
+    """The output HTML: the prompt in grey, the continuation in bold, all text escaped.
+
+    ``continuation_html`` (already escaped, e.g. tokens coloured by probability) replaces the plain text.
+    """
     shown_prompt = prompt + "\n\n" if chat else prompt
+    body = html.escape(continuation) if continuation_html is None else continuation_html
     return (
         f'<div class="hfllm-output" style="{_OUTPUT_STYLE}">'
         f'<span class="hfllm-prompt" style="{_PROMPT_STYLE}">{html.escape(shown_prompt)}</span>'
-        f'<span class="hfllm-continuation" style="{_CONTINUATION_STYLE}">'
-        f"{html.escape(continuation)}</span>"
+        f'<span class="hfllm-continuation" style="{_CONTINUATION_STYLE}">{body}</span>'
         "</div>"
     )
-
-
-def _model_default(llm: HuggingFaceLLM, name: str) -> Any:
-    """A sampling default as ``generate`` would use it (one source: the model object)."""
-    return llm.sampling_defaults[name]
 
 
 def _slider(kind: type, name: str, start: dict[str, Any], low: Any, high: Any, step: Any) -> Any:
@@ -86,7 +80,7 @@ class LLMPanel(widgets.VBox):
 
     def __init__(self, llm: HuggingFaceLLM, **initial_settings: Any) -> None:
         self.llm = llm
-        start = self._check_settings(llm, initial_settings)
+        start = check_panel_settings(llm, initial_settings)
         has_template = bool(getattr(llm.tokenizer, "chat_template", None))
         self.prompt = widgets.Textarea(
             value=start["prompt"],
@@ -94,6 +88,12 @@ class LLMPanel(widgets.VBox):
             layout={"width": "100%", "height": "6em"},
         )
         self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
+        self.probabilities = widgets.Checkbox(
+            value=start["probabilities"],
+            description="probabilities",
+            indent=False,
+            tooltip="Colour each new token by its probability; hover a token for the alternatives",
+        )
         self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
         self.chat_mode = widgets.Checkbox(
             value=start["chat_mode"],
@@ -120,7 +120,7 @@ class LLMPanel(widgets.VBox):
             description="seed",
             layout={"width": "10em"},
             style=_WIDE,
-            tooltip=f"{_NO_SEED}: a new sample every run",
+            tooltip=f"{NO_SEED}: a new sample every run",
         )
         self.output = widgets.HTML(render_output("", ""))
         self.status = widgets.HTML()
@@ -128,6 +128,7 @@ class LLMPanel(widgets.VBox):
         self.memory = MemoryMonitor(start["memory_interval"], llm=llm)
 
         self.result_text = ""  # plain continuation of the last (or current) run
+        self.tokens: list | None = None  # with probabilities on: the explained tokens of that run
         self.last_stats: GenerationStats | None = None
         self.last_error: BaseException | None = None
         self._busy = False
@@ -148,6 +149,7 @@ class LLMPanel(widgets.VBox):
             self.generate_button,
             self.stop_button,
             self.chat_mode,
+            self.probabilities,
             self.max_length,
             self.prompt_tokens,
             self.do_sample,
@@ -160,7 +162,7 @@ class LLMPanel(widgets.VBox):
             self.error,
         ]
         rows = [
-            widgets.HBox([self.generate_button, self.stop_button, self.chat_mode]),
+            widgets.HBox([self.generate_button, self.stop_button, self.chat_mode, self.probabilities]),
             widgets.HBox([self.max_length, self.prompt_tokens]),
             widgets.HBox([self.do_sample, self.temperature, self.top_p, self.top_k, self.seed]),
         ]
@@ -177,7 +179,7 @@ class LLMPanel(widgets.VBox):
         }
         if self.do_sample.value:
             options.update(temperature=self.temperature.value, top_p=self.top_p.value, top_k=self.top_k.value)
-            if self.seed.value != _NO_SEED:
+            if self.seed.value != NO_SEED:
                 options["seed"] = self.seed.value
         return options
 
@@ -210,12 +212,23 @@ class LLMPanel(widgets.VBox):
             stats_before = self.llm.last_stats
             kwargs = self.settings()
             # Validation happens here, in the caller's thread, before any thread starts.
-            chunks = self.llm.chat(prompt, stream=True, **kwargs) if chat else self.llm.stream(prompt, **kwargs)
+            if self.probabilities.value:
+                from .lookinside import explain_stream
+
+                text = self.llm.format_chat(prompt) if chat else prompt
+                chunks = explain_stream(
+                    self.llm, text, add_special_tokens=not chat, stop_event=self._stop_requested, **kwargs
+                )
+            elif chat:
+                chunks = self.llm.chat(prompt, stream=True, **kwargs)
+            else:
+                chunks = self.llm.stream(prompt, **kwargs)
         except Exception as exc:
             self._show_error(exc)
             self._show_running(False)
             return False
         self.result_text = ""
+        self.tokens = [] if self.probabilities.value else None
         self.output.value = render_output(prompt, "", chat=chat)
         self.status.value = "generating…"
         self._worker = threading.Thread(
@@ -268,7 +281,7 @@ class LLMPanel(widgets.VBox):
                 self.memory.generation_finished()
                 stats = self.llm.last_stats
                 self.last_stats = stats if stats is not stats_before else None
-                self.output.value = render_output(prompt, self.result_text, chat=chat)
+                self._draw(prompt, chat)
                 self.status.value = self._describe(self.last_stats)
             except Exception as exc:
                 failure = failure or exc
@@ -283,11 +296,12 @@ class LLMPanel(widgets.VBox):
         if self._stop_requested.is_set():
             return  # stopped before it began: never take the model
         for piece in chunks:
-            self.result_text += piece
-            # llm.stop() alone can miss a Stop sent while generation was starting up. Keep reading
-            # afterwards: the stream ends within a step and flushes the word it was holding back.
+            if self.tokens is None:
+                self.result_text += piece
+            else:  # probabilities on: pieces are explained tokens
+                self.tokens.append(piece)
+            # After Stop keep reading: the stream ends within a step and flushes the word it held back.
             if self._stop_requested.is_set():
-                self.llm.stop()
                 stopped_at = stopped_at or time.perf_counter()
                 if time.perf_counter() - stopped_at > self._STOP_DRAIN_S:
                     return  # a stream that ignores Stop: stop reading; _work's close() then ends it
@@ -295,8 +309,18 @@ class LLMPanel(widgets.VBox):
             first = now - started if first is None else first
             if now - last_draw >= self.render_interval:
                 last_draw = now
-                self.output.value = render_output(prompt, self.result_text, chat=chat)
+                self._draw(prompt, chat)
                 self.status.value = f"generating… {now - started:.1f} s · first token after {first:.2f} s"
+
+    def _draw(self, prompt: str, chat: bool) -> None:
+        if self.tokens is None:
+            self.output.value = render_output(prompt, self.result_text, chat=chat)
+            return
+        from .explain_view import render_tokens_html
+
+        ids = [token.token_id for token in self.tokens]
+        self.result_text = self.llm.tokenizer.decode(ids, skip_special_tokens=True)
+        self.output.value = render_output(prompt, "", chat=chat, continuation_html=render_tokens_html(self.tokens))
 
     def _describe(self, stats: GenerationStats | None) -> str:
         if stats is None:
@@ -346,37 +370,3 @@ class LLMPanel(widgets.VBox):
             )
         else:
             self.prompt_tokens.value = f"prompt: {count} tokens · up to {limit - count} new"
-
-    @staticmethod
-    def _check_settings(llm: HuggingFaceLLM, given: dict[str, Any]) -> dict[str, Any]:
-        """Merge ``given`` over the model's defaults, validating each value once."""
-        unknown = sorted(set(given) - set(_SETTINGS))
-        if unknown:
-            raise TypeError(
-                f"LLMPanel got unknown setting(s) {', '.join(map(repr, unknown))}; use {', '.join(_SETTINGS)}."
-            )
-        start = {
-            "prompt": "",
-            "max_length": llm.max_length,
-            "do_sample": False,
-            "seed": None,
-            "chat_mode": False,
-            "memory_interval": 1.0,
-            **{name: _model_default(llm, name) for name in ("temperature", "top_p", "top_k")},
-        }
-        start.update(given)
-        if not isinstance(start["prompt"], str):
-            raise TypeError(f"prompt must be a str, not {type(start['prompt']).__name__}.")
-        _validation.check_length("max_length", start["max_length"], limit=llm.context_length, allow_none=False)
-        for flag in ("do_sample", "chat_mode"):
-            if not isinstance(start[flag], bool):
-                raise TypeError(f"{flag} must be True or False, not {start[flag]!r}.")
-        # The sliders hold these even while sampling is off, so check them as if it were on.
-        sampling = {k: start[k] for k in _SAMPLING if start[k] is not None}
-        _validation.check_sampling({**sampling, "do_sample": True})
-        if start["chat_mode"] and not getattr(llm.tokenizer, "chat_template", None):
-            raise ValueError(f"chat_mode=True needs a chat template, and {llm.model_id!r} has none.")
-        check_interval(start["memory_interval"], "memory_interval")
-        start["seed"] = _NO_SEED if start["seed"] is None else start["seed"]
-        start["temperature"], start["top_p"] = float(start["temperature"]), float(start["top_p"])
-        return start

@@ -266,3 +266,17 @@ def test_panel_chat_mode_works_with_the_default_settings_and_names_the_limit(llm
     status, stats = _panel_run(llm, prompt="Tell me a long story about the sea.", chat_mode=True)
     assert stats.new_tokens == llm.max_length
     assert f"ended: <b>max_length={llm.max_length} (reply) reached</b>" in status
+
+
+def test_panel_probabilities_colour_the_same_greedy_text_and_say_why_it_ended(llm):
+    panel = llm.panel(prompt=PROMPT, max_length=16, probabilities=True, memory_interval=60.0)
+    try:
+        assert panel.generate() and panel.wait(timeout=120)
+        assert panel.last_error is None
+        assert len(panel.tokens) == panel.last_stats.new_tokens
+        assert panel.result_text == llm.generate(PROMPT, max_length=16, return_full_text=False)
+        assert all(0 < token.probability <= 1 for token in panel.tokens)
+        assert 'title="' in panel.output.value  # hovering a token shows its alternatives
+        assert "ended: <b>max_length=16 reached</b>" in panel.status.value
+    finally:
+        panel.close()
