@@ -24,15 +24,20 @@ _WARM_UP_PROMPT = "Hello"
 _WARM_UP_TOKENS = 4
 
 
-def check_compile(compile: Any, quantization_config: Any) -> bool:
-    """Validate the ``compile`` argument of ``HuggingFaceLLM`` before anything loads."""
+def check_compile(compile: Any, plan: Any) -> bool:
+    """Validate the ``compile`` argument against the quantization plan, before anything loads.
+
+    ``plan`` is a ``_quantization.QuantizationPlan`` or None. torch's int8 layers and torchao's
+    int4 tensors compile; bitsandbytes layers do not.
+    """
     if not isinstance(compile, bool):
         raise TypeError(f"compile must be True or False, not {compile!r}.")
-    if compile and quantization_config is not None:
+    if compile and plan is not None and not getattr(plan, "compilable", False):
+        backend = getattr(plan, "backend", "bitsandbytes")
         raise ValueError(
-            "compile=True does not work with quantization_config: bitsandbytes layers cannot be "
-            "compiled. Drop one of the two (on CPU, dtype='bfloat16' with compile=True is "
-            "usually the faster choice)."
+            f"compile=True does not work with quantization_config backend {backend!r} ({plan.label}): "
+            "its layers cannot be compiled. Drop one of the two, or on CPU use backend='torch' (8-bit) "
+            "or backend='torchao' (4-bit), which compile."
         )
     return compile
 

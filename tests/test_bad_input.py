@@ -425,7 +425,9 @@ CONSTRUCTOR_CASES = [
     case("compile-str", lambda m, d: HuggingFaceLLM(d, compile="yes"), TypeError, "compile", "'yes'"),
     case(
         "compile-with-quantization",
-        lambda m, d: HuggingFaceLLM(d, compile=True, quantization_config={"load_in_4bit": True}),
+        lambda m, d: HuggingFaceLLM(
+            d, compile=True, quantization_config={"load_in_4bit": True, "backend": "bitsandbytes"}
+        ),
         ValueError,
         "compile=True",
         "quantization_config",

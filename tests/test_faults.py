@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import errno
+import gc
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import sys
 import textwrap
 import threading
 import types
+import weakref
 from pathlib import Path
 
 import pytest
@@ -147,8 +149,23 @@ def test_ctrl_c_while_reading_a_stream_stops_generation_and_releases_the_lock(ti
 # ------------------------------------------------------------------------------ out of memory
 
 
+MiB = 2**20
+
+
 def _oom() -> torch.OutOfMemoryError:
     return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 15.77 GiB total capacity)")
+
+
+def _oom_holding(held: list, device: torch.device | str = "cpu", mib: int = 1):
+    """An action for ``inject``: allocate ``mib`` MiB in its own frame, as a failing step's activations
+    and KV cache are, then run out of memory. ``held`` gets a weak reference to that tensor."""
+
+    def fail() -> None:
+        activations = torch.ones(mib * MiB // 4, device=device)  # float32: 4 bytes each
+        held.append(weakref.ref(activations))
+        raise _oom()
+
+    return fail
 
 
 def _assert_friendly_oom(exc: GenerationError) -> None:
@@ -193,27 +210,67 @@ def test_out_of_memory_shows_the_friendly_message_in_the_panel(tiny_llm, monkeyp
     assert_usable(tiny_llm, baseline)
 
 
-def test_the_out_of_memory_error_does_not_keep_the_failed_frames_alive(tiny_llm, monkeypatch):
+@pytest.mark.parametrize("how", ["generate", "stream"])
+def test_the_out_of_memory_error_does_not_keep_the_failed_frames_alive(tiny_llm, monkeypatch, how):
+    held: list = []
     with monkeypatch.context() as patch:
-        inject(patch, tiny_llm, step=2, error=_oom())
+        inject(patch, tiny_llm, step=2, action=_oom_holding(held))
+        with pytest.raises(GenerationError) as excinfo:
+            if how == "generate":
+                tiny_llm.generate(PROMPT, max_new_tokens=50)
+            else:
+                "".join(tiny_llm.stream(PROMPT, max_new_tokens=50))
+    gc.collect()
+    assert excinfo.value is not None  # the error the notebook keeps (sys.last_value, Out[...])
+    assert held[0]() is None, "the error still reaches the failed step's tensors through a chained traceback"
+
+
+def test_out_of_memory_empties_the_cuda_cache_after_the_failed_tensors_are_gone(tiny_llm, monkeypatch, baseline):
+    """The freeing path, run without a GPU: the engine is told it is on CUDA, torch.cuda's calls are
+    recorded. empty_cache() only returns blocks no tensor uses, so it must come after the error (and
+    the frames holding the failed step's tensors) has been dropped, not inside the except block."""
+    engine = tiny_llm._engine
+    real_left_pad = engine._left_pad
+    held: list = []
+    calls: list = []
+
+    def left_pad_then_pretend_cuda(encoded):
+        inputs = real_left_pad(encoded)  # real tensors on the real device
+        monkeypatch.setattr(engine, "device", types.SimpleNamespace(type="cuda", index=0))
+        return inputs
+
+    def empty_cache():
+        calls.append("released" if held and held[0]() is None else "still held")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "_left_pad", left_pad_then_pretend_cuda)
+        patch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append("reset"))
+        patch.setattr(torch.cuda, "empty_cache", empty_cache)
+        inject(patch, tiny_llm, step=2, action=_oom_holding(held))
         with pytest.raises(GenerationError) as excinfo:
             tiny_llm.generate(PROMPT, max_new_tokens=50)
-    assert excinfo.value.__context__ is None, "the OOM error (and its frames' tensors) stays reachable"
+    monkeypatch.undo()  # the real device again
+    _assert_friendly_oom(excinfo.value)
+    assert calls == ["reset", "released"]
+    assert_usable(tiny_llm, baseline)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_out_of_memory_on_cuda_frees_the_cached_memory(tiny_model_dir, monkeypatch):
+def test_out_of_memory_on_cuda_returns_the_failed_steps_memory_to_the_driver(tiny_model_dir, monkeypatch):
     gpu_llm = HuggingFaceLLM(str(tiny_model_dir), device="cuda", dtype="float32")
     expected = gpu_llm.generate(PROMPT, max_new_tokens=6)
-    calls = []
-    real_empty_cache = torch.cuda.empty_cache
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: (calls.append(1), real_empty_cache()))
+    torch.cuda.empty_cache()
+    reserved = torch.cuda.memory_reserved(gpu_llm.device)
+    held: list = []
     with monkeypatch.context() as patch:
-        inject(patch, gpu_llm, step=2, error=_oom())
+        inject(patch, gpu_llm, step=2, action=_oom_holding(held, gpu_llm.device, mib=256))
         with pytest.raises(GenerationError) as excinfo:
             gpu_llm.generate(PROMPT, max_new_tokens=50)
     _assert_friendly_oom(excinfo.value)
-    assert calls, "torch.cuda.empty_cache() was not called after the OOM"
+    assert held[0]() is None
+    # Without empty_cache(), or with it before the failed step's tensors are gone, torch would keep
+    # those 256 MiB reserved: gone from the tensors, still taken from every other process.
+    assert torch.cuda.memory_reserved(gpu_llm.device) < reserved + 256 * MiB
     assert gpu_llm.generate(PROMPT, max_new_tokens=6) == expected
 
 
@@ -385,7 +442,7 @@ def test_two_processes_converting_at_once_share_one_good_cache(tmp_path, llm):
     results = [proc.communicate(timeout=540) for proc in procs]
     for proc, (out, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err[-2000:]
-        assert out.strip() == expected
+        assert out == expected + "\n"
     conversions = sum(err.count("to safetensors in") for _out, err in results)  # the INFO line of _build
     assert conversions == 1, "exactly one process should convert; the other waits on the lock"
     with pytest.MonkeyPatch.context() as patch:
@@ -458,7 +515,8 @@ def test_cli_prepare_with_an_unwritable_cache_exits_1_with_one_line(tmp_path, mo
     assert cli.main(["prepare"]) == 1
     _out, err = capsys.readouterr()
     lines = err.strip().splitlines()
-    assert lines[-1].startswith("hfllm-nb: error:") and default_model.CACHE_ENV in lines[-1]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("hfllm-nb: error:") and default_model.CACHE_ENV in lines[0]
     assert "Traceback" not in err
 
 

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 import hfllm_nb._device as device_module
 from hfllm_nb import HuggingFaceLLM, ModelLoadError
-from hfllm_nb._device import resolve_device, resolve_dtype
-from hfllm_nb._quantization import build_quantization_config
+from hfllm_nb._device import available_devices, resolve_device, resolve_dtype
+from hfllm_nb._quantization import footprint_bytes, plan_quantization
 
 
-def test_default_device_is_the_cpu_when_there_is_no_gpu():
-    assert not torch.cuda.is_available()
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """This process as a machine without CUDA or MPS sees it, whatever this machine has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device_module, "_mps_available", lambda: False)
+
+
+def test_default_device_is_the_cpu_when_there_is_no_gpu(no_gpu):
     assert resolve_device(None) == torch.device("cpu")
 
 
@@ -32,9 +40,16 @@ def test_default_device_prefers_cuda_then_mps(monkeypatch):
 
 
 @pytest.mark.parametrize("asked", ["cuda", "cuda:3", "mps", 0])
-def test_a_device_that_is_not_there_lists_the_ones_that_are(asked):
-    with pytest.raises(ValueError, match=r"not available.*Devices here: cpu"):
+def test_a_device_that_is_not_there_lists_the_ones_that_are(no_gpu, asked):
+    with pytest.raises(ValueError, match=r"not available.*Devices here: cpu\."):
         resolve_device(asked)
+
+
+def test_a_gpu_index_past_the_last_lists_this_machines_devices():
+    past_the_last = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    here = re.escape(", ".join(available_devices()))
+    with pytest.raises(ValueError, match=rf"'cuda:{past_the_last}' is not available.*Devices here: {here}\."):
+        resolve_device(f"cuda:{past_the_last}")
 
 
 @pytest.mark.parametrize(
@@ -77,9 +92,17 @@ def test_explicit_float32_loads_float32_weights(tiny_model_dir):
     assert isinstance(llm("Hello", max_new_tokens=3), str)
 
 
-def test_device_map_auto_hands_placement_to_accelerate(tiny_model_dir):
+def test_device_map_auto_hands_placement_to_accelerate(tiny_model_dir, monkeypatch):
+    maps = []
+    real = AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(
+        AutoModelForCausalLM, "from_pretrained", lambda *a, **k: maps.append(k.get("device_map")) or real(*a, **k)
+    )
     llm = HuggingFaceLLM(str(tiny_model_dir), device_map="auto", dtype="float32")
-    assert llm.device == torch.device("cpu")
+    assert maps == ["auto"]
+    # The tiny model fits on one device: every weight is where llm.device says, the best one there is.
+    assert {p.device for p in llm.model.parameters()} == {llm.device}
+    assert llm.device.type == resolve_device(None).type
     assert isinstance(llm("Hello", max_new_tokens=3), str)
 
 
@@ -104,7 +127,7 @@ def test_device_and_device_map_together_are_refused(tiny_model_dir):
 )
 def test_bad_quantization_configs_say_what_is_valid(config, error, words):
     with pytest.raises(error, match=words):
-        build_quantization_config(config, torch.float32)
+        plan_quantization(config, dtype=torch.float32, device=torch.device("cpu"))
 
 
 def test_missing_bitsandbytes_gives_the_install_command(monkeypatch):
@@ -115,11 +138,15 @@ def test_missing_bitsandbytes_gives_the_install_command(monkeypatch):
         importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a)
     )
     with pytest.raises(ImportError, match="pip install bitsandbytes"):
-        build_quantization_config({"load_in_8bit": True}, torch.float32)
+        plan_quantization(
+            {"load_in_8bit": True, "backend": "bitsandbytes"}, dtype=torch.float32, device=torch.device("cpu")
+        )
 
 
 def test_a_dict_becomes_a_bitsandbytes_config_with_the_compute_dtype():
-    config = build_quantization_config({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}, torch.bfloat16)
+    config = plan_quantization(
+        {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}, dtype=torch.bfloat16, device=torch.device("cpu")
+    ).from_pretrained_config
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
     assert config.bnb_4bit_compute_dtype == torch.bfloat16
 
@@ -128,12 +155,11 @@ def test_a_dict_becomes_a_bitsandbytes_config_with_the_compute_dtype():
 @pytest.mark.parametrize("bits", [4, 8])
 def test_quantized_default_model_loads_and_generates_on_cpu(llm, bits):
     quantized = HuggingFaceLLM(quantization_config={f"load_in_{bits}bit": True})
-    assert getattr(quantized.model, f"is_loaded_in_{bits}bit")
-    assert quantized.model.get_memory_footprint() < llm.model.get_memory_footprint()
+    assert footprint_bytes(quantized.model) < footprint_bytes(llm.model)
     text = quantized("The capital of France is", max_new_tokens=6)
     assert text.startswith("The capital of France is") and len(text) > len("The capital of France is")
     assert quantized.device == torch.device("cpu")
-    assert "quantized" in repr(quantized)
+    assert f"{bits}-bit" in repr(quantized)
 
 
 # ---------------------------------------------------------------- load failures

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import subprocess
 import sys
@@ -14,8 +15,7 @@ import psutil
 import pytest
 import torch
 
-from hfllm_nb import MemoryMonitor, memory
-from hfllm_nb.llm import GenerationStats
+from hfllm_nb import GenerationStats, MemoryMonitor, memory
 from hfllm_nb.memory import PeakTracker, format_bytes, read_memory
 
 GiB, MiB = 2**30, 2**20
@@ -321,16 +321,45 @@ def test_monitor_track_shows_the_peak_of_the_block():
     )
 
 
+class FakeLLM:
+    """What a MemoryMonitor reads from a model: its device, engine line and last stats (weakly referenced)."""
+
+    def __init__(self, device: torch.device, engine_description: str) -> None:
+        self.device, self.engine_description, self.last_stats = device, engine_description, None
+
+
+def stats_with_peak(peak: int | None) -> GenerationStats:
+    return GenerationStats(5, 10, 1.0, 0.1, ("length",), "max_new_tokens=10", peak_gpu_memory=peak)
+
+
 def test_monitor_prefers_the_exact_cuda_peak_from_the_model(fake_gpus, make_monitor, monkeypatch):
     use_nvml(monkeypatch, FakeNvml())
-    model = SimpleNamespace(last_stats=None, device=torch.device("cuda", 1))
+    model = FakeLLM(torch.device("cuda", 1), "cuda:1 · bfloat16")
     monitor = make_monitor(llm=model)
     monitor.generation_started()
     # torch's own counter saw a spike the sampler missed
-    model.last_stats = GenerationStats(5, 10, 1.0, 0.1, False, peak_gpu_memory=7 * GiB)
+    model.last_stats = stats_with_peak(7 * GiB)
     peak = monitor.generation_finished()
     assert peak.gpu_allocated == (1 * GiB, 7 * GiB)
     assert "GPU 1 allocated 7.00 GiB" in monitor.text
     # stats left over from an earlier run are not mistaken for this one's
     monitor.generation_started()
     assert monitor.generation_finished().gpu_allocated == (1 * GiB, 2 * GiB)
+
+
+def test_monitor_names_where_the_model_runs(make_monitor):
+    monitor = make_monitor(llm=FakeLLM(torch.device("cpu"), "remote · http://127.0.0.1:8000/v1 · some-model"))
+    assert "Model: remote · http://127.0.0.1:8000/v1 · some-model" in monitor.text.splitlines()
+    assert "Model:" not in make_monitor().text  # no model, no line
+
+
+def test_monitor_does_not_keep_its_model_alive(make_monitor):
+    model = FakeLLM(torch.device("cpu"), "cpu · float32")
+    monitor = make_monitor(llm=model)
+    assert monitor.llm is model
+    monitor.generation_started()
+    del model
+    gc.collect()
+    assert monitor.llm is None  # a readout left on screen must not hold a model's weights
+    assert monitor.generation_finished() is not None  # and it keeps working without one
+    assert monitor.running

@@ -134,8 +134,10 @@ def test_prompt_token_count_follows_the_prompt(tiny_llm, make_panel):
     panel.max_length.value = count
     assert f"raise max_length above {count}" in panel.prompt_tokens.value
     panel.chat_mode.value = True
-    chat_count = tiny_llm.count_tokens(tiny_llm.format_chat(prompt))
-    assert f"prompt: {chat_count} tokens (chat template included)" in panel.prompt_tokens.value
+    # In chat, max_length bounds the reply alone: the template's tokens are shown but not subtracted.
+    chat_count = tiny_llm.count_tokens(tiny_llm.format_chat(prompt), add_special_tokens=False)
+    assert chat_count > count
+    assert panel.prompt_tokens.value == f"prompt: {chat_count} tokens (chat template, not counted) · up to {count} new"
 
 
 # ---------------------------------------------------------------- generation
@@ -153,6 +155,7 @@ def test_panel_greedy_output_equals_llm_generate(llm, make_panel):
     assert panel.output.value == render_output(prompt, text)
     assert panel.status.value.startswith(f"{stats.new_tokens} tokens · {stats.tokens_per_second:.1f} tokens/s")
     assert "first token after" in panel.status.value
+    assert panel.status.value.endswith(f"ended: <b>max_length={max_length} reached</b>")
     assert not panel.is_busy and not panel.generate_button.disabled and panel.stop_button.disabled
     assert panel.error.value == ""
 
@@ -167,11 +170,33 @@ def test_sampled_run_with_a_seed_matches_llm_generate(tiny_llm, make_panel):
 
 def test_chat_mode_streams_the_chat_reply(tiny_llm, make_panel):
     prompt = "What is 2 + 2?"
-    max_length = tiny_llm.count_tokens(tiny_llm.format_chat(prompt)) + 12
-    panel = make_panel(tiny_llm, prompt=prompt, max_length=max_length, chat_mode=True)
+    panel = make_panel(tiny_llm, prompt=prompt, max_length=12, chat_mode=True)
     text = run(panel)
-    assert text.strip() == tiny_llm.chat(prompt, max_length=max_length)
+    assert text == tiny_llm.chat(prompt, max_length=12)  # max_length bounds the reply, as in chat()
+    assert panel.last_stats.new_tokens <= 12 < panel.last_stats.prompt_tokens
     assert "hfllm-prompt" in panel.output.value and "What is 2 + 2?" in panel.output.value
+
+
+def test_chat_mode_works_with_the_panel_defaults(llm, make_panel):
+    # Once, the template alone (37 tokens) "filled max_length=20" and chat mode failed at once.
+    prompt = "What is the capital of France?"
+    panel = make_panel(llm, prompt=prompt, chat_mode=True)
+    assert llm.count_tokens(llm.format_chat(prompt), add_special_tokens=False) > panel.max_length.value
+    text = run(panel, timeout=120)
+    assert panel.error.value == ""
+    assert text == llm.chat(prompt)
+    assert "Paris" in text
+
+
+def test_status_says_end_of_text_when_the_model_ends_at_once(llm, make_panel):
+    # The default model answers this prompt with its end token straight away: "0 tokens" alone looked broken.
+    prompt = "Write a very long story about a dragon who learns to fly."
+    panel = make_panel(llm, prompt=prompt, max_length=60)
+    assert run(panel, timeout=120) == ""
+    assert panel.last_stats.finish_reasons == ("end of text",)
+    assert panel.last_stats.new_tokens == 1  # the end token itself, which shows as no text
+    assert panel.status.value.startswith("1 tokens · ")
+    assert panel.status.value.endswith("ended: <b>end of text</b>")
 
 
 def test_chat_mode_is_off_without_a_chat_template(tiny_llm, make_panel, monkeypatch):
@@ -207,7 +232,7 @@ def test_stop_ends_a_long_run_within_steps(llm, make_panel):
     stats = panel.last_stats
     assert stats is not None and stats.stopped
     assert 0 < stats.new_tokens < 2048 - llm.count_tokens(prompt)
-    assert "stopped" in panel.status.value
+    assert panel.status.value.endswith("ended: <b>stopped</b>")
     assert not llm.is_busy and not panel.generate_button.disabled
     # the panel and the model both work normally after a stop
     panel.max_length.value = llm.count_tokens(prompt) + 3
@@ -289,7 +314,7 @@ def test_core_error_when_starting_shows_in_the_panel(tiny_llm, make_panel, monke
 
 def test_busy_model_is_reported_instead_of_queued(tiny_llm, make_panel):
     panel = make_panel(tiny_llm, prompt="Hello", max_length=12)
-    with tiny_llm._lock:  # as if another cell were generating with this model
+    with tiny_llm._turns.turn():  # as if another cell were generating with this model
         assert panel.generate() is False
     assert "busy" in panel.error.value
     assert run(panel)
@@ -325,6 +350,7 @@ def test_output_updates_are_throttled(tiny_llm, make_panel, monkeypatch):
 def test_memory_readout_reports_the_peak_of_the_last_run(tiny_llm, make_panel):
     panel = make_panel(tiny_llm, prompt="Hello", max_length=12)
     assert "MiB" in panel.memory.text or "GiB" in panel.memory.text
+    assert f"Model: {tiny_llm.engine_description}" in panel.memory.text.splitlines()
     run(panel)
     assert panel.memory.last_peak is not None
     assert "Peak during last generation: " in panel.memory.text

@@ -1,0 +1,158 @@
+"""The wrapper against raw transformers: interleaved ratios, and where one call's time goes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from benchmarks import models
+from benchmarks._timing import PROMPT, Report, Settings, interleaved, ratio_row, table
+
+
+def _main(report: Report, settings: Settings) -> models.Config:
+    loaded = models.by_name(report, settings)
+    return loaded.get("auto") or next(iter(loaded.values()))
+
+
+def _panel_calls(llm: Any, max_length: int) -> tuple[Any, dict[str, Callable[[], Any]], str]:
+    """The panel driven from code, and the generate call it must equal (ipywidgets may be missing)."""
+    try:
+        from hfllm_nb.panel import LLMPanel
+
+        panel = LLMPanel(llm, prompt=PROMPT, max_length=max_length)
+    except Exception as exc:
+        return None, {}, f"\n\nPanel: not available ({type(exc).__name__}: {exc})."
+
+    def via_panel() -> str:
+        panel.prompt.value = PROMPT
+        panel.max_length.value = max_length
+        if not panel.generate():
+            raise RuntimeError(f"panel refused to start: {panel.error.value}")
+        panel.wait()
+        if panel.last_error is not None:
+            raise panel.last_error
+        return panel.result_text
+
+    def by_length() -> str:
+        return llm.generate(PROMPT, max_length=max_length, return_full_text=False)
+
+    return panel, {"panel": via_panel, "generate(max_length)": by_length}, ""
+
+
+def ratio_section(report: Report, settings: Settings) -> None:
+    """Wrapper vs raw transformers, stream vs generate, panel vs generate: interleaved."""
+    config = _main(report, settings)
+    llm, tokens = config.llm, settings.tokens
+    model, tokenizer = llm.model, llm.tokenizer
+
+    def raw() -> str:
+        ids = tokenizer(PROMPT, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(
+                **ids,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        return tokenizer.decode(out[0], skip_special_tokens=True)
+
+    calls: dict[str, Callable[[], Any]] = {
+        "raw": raw,
+        "wrapper": lambda: llm.generate(PROMPT, max_new_tokens=tokens, min_new_tokens=tokens),
+        "continuation": lambda: llm.generate(
+            PROMPT, max_new_tokens=tokens, min_new_tokens=tokens, return_full_text=False
+        ),
+        "stream": lambda: "".join(llm.stream(PROMPT, max_new_tokens=tokens, min_new_tokens=tokens)),
+    }
+    max_length = llm.count_tokens(PROMPT) + tokens
+    panel, panel_calls, panel_note = _panel_calls(llm, max_length)
+    calls.update(panel_calls)
+    times, outputs = interleaved(calls, settings.ratio_reps)
+    report.check(outputs["raw"] == outputs["wrapper"], "llm.generate text differs from raw model.generate")
+    report.check(outputs["stream"] == outputs["continuation"], "joined llm.stream differs from llm.generate")
+    rows = [
+        ratio_row(
+            "`llm.generate` ÷ raw `model.generate` (tokenize + generate + decode)", times, "wrapper", "raw", 1.03
+        ),
+        ratio_row(
+            "`''.join(llm.stream(...))` ÷ `llm.generate(..., return_full_text=False)`",
+            times,
+            "stream",
+            "continuation",
+            1.10,
+        ),
+    ]
+    if panel is not None:
+        report.check(outputs["panel"] == outputs["generate(max_length)"], "panel text differs from llm.generate")
+        label = "`panel.generate(); panel.wait()` ÷ `llm.generate(max_length=…)`"
+        rows.append(ratio_row(label, times, "panel", "generate(max_length)", 1.10))
+        panel.close()
+    report.add(
+        "Wrapper, stream and panel against the direct call",
+        table(["ratio", "A best ms", "B best ms", "A ÷ B (best)", "A ÷ B (median of rounds)", "target"], rows)
+        + f"\n\nModel: {config.name}; {tokens} new tokens; each pair timed in the same rounds "
+        f"({settings.ratio_reps}), order rotated every round. The panel run uses "
+        f"`max_length={max_length}` (prompt + {tokens}) since that is its control." + panel_note,
+    )
+
+
+def overhead_section(report: Report, settings: Settings) -> None:
+    """Where one ``llm.generate`` call's time goes: the wrapper, generate's loop, the model."""
+    config = _main(report, settings)
+    llm, tokens, model = config.llm, settings.tokens, config.llm.model
+    generate_times: list[float] = []
+    forward_times: list[float] = []
+    state: dict[str, float] = {}
+    real_generate = model.generate
+
+    def timed_generate(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return real_generate(*args, **kwargs)
+        finally:
+            generate_times.append(time.perf_counter() - started)
+
+    def before(*_: Any) -> None:
+        state["t"] = time.perf_counter()
+
+    def after(*_: Any) -> None:
+        forward_times.append(time.perf_counter() - state["t"])
+
+    handles = [model.register_forward_pre_hook(before), model.register_forward_hook(after)]
+    model.generate = timed_generate  # an instance attribute: shadows the method until deleted
+    rounds = []
+    try:
+        for _ in range(max(2, settings.reps)):
+            generate_times.clear()
+            forward_times.clear()
+            started = time.perf_counter()
+            llm.generate(PROMPT, max_new_tokens=tokens, min_new_tokens=tokens)
+            rounds.append((time.perf_counter() - started, sum(generate_times), sum(forward_times)))
+    finally:
+        del model.generate
+        for handle in handles:
+            handle.remove()
+    total, inside_generate, forward = min(rounds)
+    wrapper, loop = total - inside_generate, inside_generate - forward
+    rows = [
+        [f"one `llm.generate` call, {tokens} tokens", f"{total * 1e3:.0f}"],
+        ["… the wrapper's own work (checks, tokenize, decode to text, stats)", f"{wrapper * 1e3:.2f}"],
+        ["… inside `model.generate`", f"{inside_generate * 1e3:.0f}"],
+        ["…… of which inside `model.forward`", f"{forward * 1e3:.0f}"],
+        [
+            "…… generate's own loop per token (logits processors, stopping criteria, cache bookkeeping)",
+            f"{loop / tokens * 1e3:.2f}",
+        ],
+    ]
+    report.facts["forward_share"] = f"{100 * forward / total:.0f} % of a generate call is inside `model.forward`"
+    report.add(
+        "Per-call cost of the wrapper",
+        table(["step", "ms"], rows)
+        + f"\n\nModel: {config.name}; fastest of {len(rounds)} calls. The wrapper's own work is "
+        f"{100 * wrapper / total:.2f} % of a {tokens}-token call; generate's loop outside the model is "
+        f"{100 * loop / total:.1f} %.",
+    )
