@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import torch
 
 from . import default_model
+from ._quant_imports import quiet_backend_imports
 from .errors import ModelLoadError
 
 _HUB_CONNECT_TIMEOUT_S = 3.0
@@ -106,15 +107,17 @@ def load_model_and_tokenizer(
         tokenizer = AutoTokenizer.from_pretrained(
             source.location, trust_remote_code=trust_remote_code, **source.extra, **tokenizer_kwargs
         )
-        model = AutoModelForCausalLM.from_pretrained(
-            source.location,
-            dtype=dtype,
-            device_map=device_map,
-            quantization_config=quantization,
-            trust_remote_code=trust_remote_code,
-            **source.extra,
-            **kwargs,
-        )
+        # transformers imports torchao here when it is installed; its start-up messages say nothing to a user.
+        with quiet_backend_imports():
+            model = AutoModelForCausalLM.from_pretrained(
+                source.location,
+                dtype=dtype,
+                device_map=device_map,
+                quantization_config=quantization,
+                trust_remote_code=trust_remote_code,
+                **source.extra,
+                **kwargs,
+            )
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:

@@ -327,7 +327,7 @@ class LLMPanel(widgets.VBox):
             return "stopped before the first token" if self._stop_requested.is_set() else ""
         first = f"{stats.time_to_first_token:.2f} s" if stats.time_to_first_token is not None else "–"
         return (
-            f"{stats.new_tokens} tokens · {stats.tokens_per_second:.1f} tokens/s · "
+            f"{stats.new_tokens} token{'s' * (stats.new_tokens != 1)} · {stats.tokens_per_second:.1f} tokens/s · "
             f"first token after {first} · {stats.seconds:.2f} s · ended: <b>{html.escape(stats.ended_because)}</b>"
         )
 

@@ -195,7 +195,7 @@ def test_status_says_end_of_text_when_the_model_ends_at_once(llm, make_panel):
     assert run(panel, timeout=120) == ""
     assert panel.last_stats.finish_reasons == ("end of text",)
     assert panel.last_stats.new_tokens == 1  # the end token itself, which shows as no text
-    assert panel.status.value.startswith("1 tokens · ")
+    assert panel.status.value.startswith("1 token · ")  # the end token itself
     assert panel.status.value.endswith("ended: <b>end of text</b>")
 
 
