@@ -59,7 +59,7 @@ run_tests() {
   "$VENV/bin/ruff" check hfllm_nb tests benchmarks
   log "pytest: unit tests, browser test and notebooks (nbmake)"
   local status=0
-  "$PY" -m pytest tests notebooks --nbmake --nbmake-timeout=300 "$@" || status=$?
+  "$PY" -m pytest tests notebooks --nbmake --nbmake-timeout=300 --durations=15 "$@" || status=$?
   if [ "$status" = 5 ]; then
     log "pytest collected no tests: that is a failure"
     exit 1

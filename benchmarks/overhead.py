@@ -22,24 +22,26 @@ def _panel_calls(llm: Any, max_length: int) -> tuple[Any, dict[str, Callable[[],
     try:
         from hfllm_nb.panel import LLMPanel
 
-        panel = LLMPanel(llm, prompt=PROMPT, max_length=max_length)
+        panels = [LLMPanel(llm, prompt=PROMPT, max_length=max_length, probabilities=p) for p in (False, True)]
     except Exception as exc:
-        return None, {}, f"\n\nPanel: not available ({type(exc).__name__}: {exc})."
+        return [], {}, f"\n\nPanel: not available ({type(exc).__name__}: {exc})."
 
-    def via_panel() -> str:
-        panel.prompt.value = PROMPT
-        panel.max_length.value = max_length
-        if not panel.generate():
-            raise RuntimeError(f"panel refused to start: {panel.error.value}")
-        panel.wait()
-        if panel.last_error is not None:
-            raise panel.last_error
-        return panel.result_text
+    def via(panel: Any) -> Callable[[], str]:
+        def run() -> str:
+            if not panel.generate():
+                raise RuntimeError(f"panel refused to start: {panel.error.value}")
+            panel.wait()
+            if panel.last_error is not None:
+                raise panel.last_error
+            return panel.result_text
+
+        return run
 
     def by_length() -> str:
         return llm.generate(PROMPT, max_length=max_length, return_full_text=False)
 
-    return panel, {"panel": via_panel, "generate(max_length)": by_length}, ""
+    calls = {"panel": via(panels[0]), "panel+probabilities": via(panels[1]), "generate(max_length)": by_length}
+    return panels, calls, ""
 
 
 def ratio_section(report: Report, settings: Settings) -> None:
@@ -69,7 +71,7 @@ def ratio_section(report: Report, settings: Settings) -> None:
         "stream": lambda: "".join(llm.stream(PROMPT, max_new_tokens=tokens, min_new_tokens=tokens)),
     }
     max_length = llm.count_tokens(PROMPT) + tokens
-    panel, panel_calls, panel_note = _panel_calls(llm, max_length)
+    panels, panel_calls, panel_note = _panel_calls(llm, max_length)
     calls.update(panel_calls)
     times, outputs = interleaved(calls, settings.ratio_reps)
     report.check(outputs["raw"] == outputs["wrapper"], "llm.generate text differs from raw model.generate")
@@ -86,11 +88,16 @@ def ratio_section(report: Report, settings: Settings) -> None:
             1.10,
         ),
     ]
-    if panel is not None:
+    if panels:
         report.check(outputs["panel"] == outputs["generate(max_length)"], "panel text differs from llm.generate")
+        report.check(outputs["panel+probabilities"] == outputs["panel"], "the probabilities toggle changed the text")
         label = "`panel.generate(); panel.wait()` ÷ `llm.generate(max_length=…)`"
         rows.append(ratio_row(label, times, "panel", "generate(max_length)", 1.10))
-        panel.close()
+        # ≤ 10 % fewer tokens/s is at most 1/0.9 ≈ 1.11× the time.
+        label = "panel with the probabilities toggle ÷ panel without"
+        rows.append(ratio_row(label, times, "panel+probabilities", "panel", 1.11))
+        for panel in panels:
+            panel.close()
     report.add(
         "Wrapper, stream and panel against the direct call",
         table(["ratio", "A best ms", "B best ms", "A ÷ B (best)", "A ÷ B (median of rounds)", "target"], rows)

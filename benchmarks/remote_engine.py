@@ -175,6 +175,16 @@ def _markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def remote_section(report: Any, settings: Any) -> None:
+    """The section of ``benchmarks/run.py``: the full run only, since it starts a server (``--quick`` skips it)."""
+    if settings.quick:
+        return
+    result = measure_remote(quick=False)
+    report.check(result["checks"]["same_text"], "remote, bare openai and in-process texts differ")
+    title, _, body = result["markdown"].partition("\n")
+    report.add(title.removeprefix("## "), body)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer tokens and rounds: checks every code path")

@@ -42,6 +42,7 @@ from benchmarks import (  # noqa: E402
     machine,
     overhead,
     quantization,
+    remote_engine,
     threads,
 )
 from benchmarks._timing import Report, Settings  # noqa: E402
@@ -50,7 +51,6 @@ from hfllm_nb._quant_imports import quiet_backend_imports  # noqa: E402
 logger = logging.getLogger("hfllm_nb.benchmarks")
 
 # Each section is ``fn(report, settings)`` and appends its markdown to the report, in this order.
-# Another section is one more line here (e.g. ``remote_engine.remote_section``).
 SECTIONS = [
     machine.machine_section,
     load_time.load_section,
@@ -62,6 +62,7 @@ SECTIONS = [
     overhead.ratio_section,
     overhead.overhead_section,
     decode_profile.profile_section,
+    remote_engine.remote_section,
 ]
 
 
