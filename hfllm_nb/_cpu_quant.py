@@ -52,8 +52,8 @@ class Int8Linear(nn.Module):
         scale: [out_features], in the compute dtype (bfloat16: the kernel's fast case).
         bias: optional, [out_features].
 
-    >>> layer = Int8Linear.from_float(torch.randn(8, 4))
-    >>> layer(torch.randn(2, 4)).shape
+    >>> layer = Int8Linear.from_float(torch.randn(8, 32))
+    >>> layer(torch.randn(2, 32)).shape
     torch.Size([2, 8])
     """
 
@@ -68,6 +68,9 @@ class Int8Linear(nn.Module):
     def from_float(
         cls, weight: torch.Tensor, bias: torch.Tensor | None = None, compute_dtype: torch.dtype = torch.bfloat16
     ) -> Int8Linear:
+        reason = int8_blockers(*weight.shape)
+        if reason is not None:
+            raise ValueError(f"Int8Linear cannot hold a {tuple(weight.shape)} matrix: {reason}.")
         q, scale = _quantize_rows_int8(weight, compute_dtype)
         return cls(q, scale, bias)
 
