@@ -85,7 +85,7 @@ def generation_section(report: Report, settings: Settings) -> None:
         + f"\n\nPrompt: {PROMPT!r}, greedy, `max_new_tokens=min_new_tokens={tokens}`, via "
         "`llm.generate`; times come from `llm.last_stats`. *decode tok/s* leaves out the first "
         "token (the prefill). The bandwidth bound is read bandwidth ÷ bytes read per token, taking "
-        "bytes per token = the footprint (`hfllm_nb._quantization.footprint_bytes`: every weight is read "
+        "bytes per token = the footprint (`hfllm_nb.footprint_bytes`: every weight is read "
         "once per step; the tied embedding matrix is read in full by the LM head). *samples*: how many "
         "timed calls ran while other processes used at most half a core; the fastest call is shown, "
         "since a busy neighbour only ever slows a call down.\n\n"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
 import tempfile
 import traceback
 from dataclasses import dataclass, field
@@ -73,6 +75,7 @@ def load(report: Report, config: Config) -> Config | None:
 def tiny_model() -> Path:
     """A 2-layer random Llama with the default model's tokenizer, saved in a temp folder."""
     folder = Path(tempfile.mkdtemp(prefix="hfllm-bench-tiny-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # the loaded model outlives this call
     return save_tiny_llama(folder, default_model.prepare_default_model(), max_position_embeddings=512)
 
 

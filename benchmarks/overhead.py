@@ -103,7 +103,11 @@ def ratio_section(report: Report, settings: Settings) -> None:
         table(["ratio", "A best ms", "B best ms", "A ÷ B (best)", "A ÷ B (median of rounds)", "target"], rows)
         + f"\n\nModel: {config.name}; {tokens} new tokens; each pair timed in the same rounds "
         f"({settings.ratio_reps}), order rotated every round. The panel run uses "
-        f"`max_length={max_length}` (prompt + {tokens}) since that is its control." + panel_note,
+        f"`max_length={max_length}` (prompt + {tokens}) since that is its control. `stream` and the "
+        "panel run `generate` in a second thread; once two threads have run torch's parallel ops, "
+        "each has its own OpenMP team, the process holds more OpenMP threads than there are cores, "
+        "and the GNU OpenMP runtime stops spinning between ops (as with `OMP_WAIT_POLICY=PASSIVE`): "
+        "on an idle machine that costs the threaded calls speed." + panel_note,
     )
 
 

@@ -8,6 +8,7 @@ cores are flagged (``benchmarks/_timing.py``).
 
     python benchmarks/run.py                  # full run, writes docs/benchmarks.md
     python benchmarks/run.py --quick --output /tmp/bench.md   # every code path, < 3 min
+    python benchmarks/run.py --only quantization --output /tmp/q.md   # one section
 
 Exits non-zero when a check fails (texts that must be equal differ, a configuration does
 not load or generate, a footprint target is missed). Speed targets are reported, never enforced.
@@ -72,7 +73,8 @@ def run(args: argparse.Namespace) -> Report:
         settings.tokens = args.tokens
     report = Report()
     report.facts["command"] = args.command_line
-    for section in SECTIONS:
+    chosen = [machine.machine_section] + [s for s in SECTIONS[1:] if s.__module__.split(".")[-1] in args.only]
+    for section in chosen if args.only else SECTIONS:
         section(report, settings)
     return report
 
@@ -80,10 +82,21 @@ def run(args: argparse.Namespace) -> Report:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings: every code path in < 3 min")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--output", type=Path, default=None, help="default: docs/benchmarks.md (full runs only)")
     parser.add_argument("--tokens", type=int, default=None, help="new tokens per timed call")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        choices=sorted({s.__module__.split(".")[-1] for s in SECTIONS[1:]}),
+        help="run these sections (and the machine table) only, e.g. --only quantization",
+    )
     args = parser.parse_args(argv)
+    if args.output is None:
+        if args.only or args.quick:  # a partial or smoke report must not replace the published one
+            parser.error("--only and --quick write a partial report: give it an --output path")
+        args.output = ROOT / "docs" / "benchmarks.md"
     policy = os.environ.get("OMP_WAIT_POLICY")
     args.command_line = (f"OMP_WAIT_POLICY={policy} " if policy else "") + " ".join(
         ["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]

@@ -90,8 +90,8 @@ def wait_policy_section(report: Report, settings: Settings) -> None:
         + f"\n\nLoad average during these runs: {min(loads):.1f}–{max(loads):.1f} on "
         f"{psutil.cpu_count()} cores. With the default (spinning) policy, torch's OpenMP threads "
         "burn their time slices waiting for each other whenever another process holds a core, "
-        "and a main-thread `generate` can slow down 5-20× (the generation thread that `stream` "
-        "and the panel use was not affected in our runs). `PASSIVE` must be set before torch "
-        "is imported. This benchmark process ran with "
+        "and a main-thread `generate` can slow down 5-20×. With `PASSIVE` they sleep instead, "
+        "and pay a wake-up on every parallel op: slower on an idle machine. `PASSIVE` must be set "
+        "before torch is imported. This benchmark process ran with "
         f"`OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}`.",
     )

@@ -10,6 +10,7 @@ from .llm import HuggingFaceLLM
 from .stats import GenerationStats
 
 if TYPE_CHECKING:
+    from ._quantization import footprint_bytes
     from .explain_view import Explanation, LogitLens
     from .explorer import NextTokenExplorer
     from .monitor import MemoryMonitor
@@ -28,6 +29,7 @@ __all__ = [
     "ModelLoadError",
     "NextTokenExplorer",
     "__version__",
+    "footprint_bytes",
 ]
 
 
@@ -45,6 +47,10 @@ def __getattr__(name: str) -> Any:
         from .explorer import NextTokenExplorer
 
         return NextTokenExplorer
+    if name == "footprint_bytes":  # the bytes a model's tensors take as stored (quantized ones too)
+        from ._quantization import footprint_bytes
+
+        return footprint_bytes
     if name in ("Explanation", "LogitLens"):
         from . import explain_view
 

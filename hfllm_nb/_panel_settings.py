@@ -20,14 +20,11 @@ def _model_default(llm: HuggingFaceLLM, name: str) -> Any:
     return llm.sampling_defaults[name]
 
 
-
 def check_panel_settings(llm: HuggingFaceLLM, given: dict[str, Any]) -> dict[str, Any]:
     """Merge ``given`` over the model's defaults, validating each value once."""
     unknown = sorted(set(given) - set(SETTINGS))
     if unknown:
-        raise TypeError(
-            f"LLMPanel got unknown setting(s) {', '.join(map(repr, unknown))}; use {', '.join(SETTINGS)}."
-        )
+        raise TypeError(f"LLMPanel got unknown setting(s) {', '.join(map(repr, unknown))}; use {', '.join(SETTINGS)}.")
     start = {
         "prompt": "",
         "max_length": llm.max_length,

@@ -395,4 +395,3 @@ class HuggingFaceLLM:
         if completion.token_ids is None:
             return prompt + completion.text
         return self.tokenizer.decode(prompt_ids + completion.token_ids, skip_special_tokens=True)
-

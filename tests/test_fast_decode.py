@@ -7,7 +7,15 @@ import torch
 from torch._dynamo.utils import counters
 
 from hfllm_nb import HuggingFaceLLM
-from hfllm_nb._fast_decode import MIN_CACHE_LENGTH, FastDecode
+from hfllm_nb._fast_decode import (
+    DECODE_ATTENTION,
+    MIN_CACHE_LENGTH,
+    FastDecode,
+    _sdpa_with_math_decode_steps,
+    compile_config,
+    keep_layer_type_guards,
+    use_fused_decode_attention,
+)
 
 PROMPTS = ["Hi", "The capital of France is", "Once upon a time, in a land far far away, there lived a"]
 
@@ -70,6 +78,64 @@ def test_batches_and_streams_match_the_uncompiled_path(fast_tiny_llm, tiny_llm):
     assert compiled_graphs() == before
     streamed = "".join(fast_tiny_llm.stream(PROMPTS[1], max_new_tokens=8))
     assert streamed == tiny_llm.generate(PROMPTS[1], max_new_tokens=8, return_full_text=False)
+
+
+def test_a_compiled_cpu_model_switches_to_the_fused_decode_attention(fast_tiny_llm, tiny_llm):
+    # Applies to the compiled model only; the equality tests above run through it.
+    assert fast_tiny_llm.model.config._attn_implementation == DECODE_ATTENTION
+    assert tiny_llm.model.config._attn_implementation == "sdpa"
+
+
+def test_the_fused_attention_is_not_forced_on_a_user_choice_or_an_accelerator(tiny_llm):
+    model = tiny_llm.model
+    assert not use_fused_decode_attention(model, torch.device("cpu"), requested="sdpa")
+    assert not use_fused_decode_attention(model, torch.device("cuda"), requested=None)
+    assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("query_tokens", [1, 5])
+def test_only_one_token_steps_take_the_math_form_and_results_match_sdpa(monkeypatch, query_tokens):
+    from torch.nn import attention
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    backends = []
+    real = attention.sdpa_kernel
+
+    def recording(backend, *args, **kwargs):
+        backends.append(backend)
+        return real(backend, *args, **kwargs)
+
+    monkeypatch.setattr(attention, "sdpa_kernel", recording)
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.is_causal, module.num_key_value_groups, module.training = True, 2, False
+    query = torch.randn(1, 4, query_tokens, 8)
+    key, value = torch.randn(1, 2, 7, 8), torch.randn(1, 2, 7, 8)
+    mask = torch.ones(1, 1, query_tokens, 7, dtype=torch.bool)
+    ours, _ = _sdpa_with_math_decode_steps(module, query, key, value, mask, scaling=0.3)
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    torch.testing.assert_close(ours, expected)
+    assert backends == ([attention.SDPBackend.MATH] if query_tokens == 1 else [])
+
+
+def test_a_second_compiled_model_with_other_layer_types_gets_its_own_graph(tiny_model_dir):
+    # Same class and dtype, int8 layers instead of nn.Linear: reusing the first graph would fail.
+    first = HuggingFaceLLM(str(tiny_model_dir), dtype="bfloat16", compile=True)
+    eight_bit = {"load_in_8bit": True}
+    plain = HuggingFaceLLM(str(tiny_model_dir), quantization_config=eight_bit)
+    fast = HuggingFaceLLM(str(tiny_model_dir), quantization_config=eight_bit, compile=True)
+    for prompt in PROMPTS:
+        expected = plain.generate(prompt, max_new_tokens=8, min_new_tokens=8)
+        assert fast.generate(prompt, max_new_tokens=8, min_new_tokens=8) == expected
+    bf16 = HuggingFaceLLM(str(tiny_model_dir), dtype="bfloat16")
+    assert first.generate(PROMPTS[1], max_new_tokens=8) == bf16.generate(PROMPTS[1], max_new_tokens=8)
+
+
+def test_cpu_compile_skips_guards_on_torchs_own_modules():
+    # Without it every compiled decode step re-checks one guard per parameter (~3 ms of ~17).
+    config = compile_config(torch.device("cpu"))
+    assert config.mode is None
+    assert config.options["guard_filter_fn"] is keep_layer_type_guards
 
 
 @pytest.mark.slow

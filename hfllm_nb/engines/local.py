@@ -73,6 +73,7 @@ class LocalEngine:
         self._eos_ids = self._end_token_ids()
         self._fast = _fast_decode.FastDecode(self.device, self.context_length) if compile else None
         if self._fast is not None:
+            _fast_decode.use_fused_decode_attention(self.model, self.device, load_kwargs.get("attn_implementation"))
             self._fast.warm_up(self._warm_up_generate)
 
     # ----------------------------------------------------------------- Engine protocol
