@@ -216,8 +216,9 @@ def test_remote_panel_stop_ends_a_long_generation_and_the_server_answers_again(r
         _run_code(page, f"panel.max_length.value = {LONG_MAX_LENGTH}")
         generate = page.locator(".hfllm-test-generate_button")
         stop = page.get_by_role("button", name="Stop")
+        shown_before = _continuation(page)  # the previous test's text, until this run clears it
         generate.click()
-        _wait_until(lambda: _continuation(page), GENERATION_S, "the first streamed text")
+        _wait_until(lambda: _continuation(page) not in ("", shown_before), GENERATION_S, "the first streamed text")
         assert not generate.is_enabled(), "the run ended before Stop; raise LONG_MAX_LENGTH"
         stop.click()
         _wait_until(generate.is_enabled, STOP_S, "Generate to be enabled again after Stop")
