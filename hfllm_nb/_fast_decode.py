@@ -46,7 +46,7 @@ def keep_layer_type_guards(guards: list[Any]) -> list[bool]:
     """Dynamo guard filter: which guards to keep for the compiled decode step.
 
     Without CUDA graphs every step re-checks one guard per parameter of every layer: ~3 ms of a
-    ~17 ms step for the 4-bit default model. Those on torch's own modules (``nn.Linear``, norms)
+    ~20 ms step for the compiled 4-bit default model. Those on torch's own modules (``nn.Linear``, norms)
     are dropped: a loaded model's weights keep their shapes and dtypes. Type and identity guards
     stay, so another model of the same class (a float model after an 8-bit one, each with its own
     layer types) compiles its own graph instead of reusing this one.
@@ -63,7 +63,7 @@ def compile_config(device: torch.device) -> Any:
         return CompileConfig()  # transformers' default: inductor with mode="reduce-overhead"
     # "reduce-overhead" means CUDA graphs, which do not exist here; the guard filter is why
     # options (torch.compile takes a mode or options, not both; its default mode is "default").
-    if hasattr(torch.compiler, "skip_guard_on_inbuilt_nn_modules_unsafe"):  # guard filters: torch >= 2.8
+    if hasattr(torch.compiler, "skip_guard_on_inbuilt_nn_modules_unsafe"):  # a torch with guard filters
         config = CompileConfig(mode=None, options={"guard_filter_fn": keep_layer_type_guards})
     else:
         config = CompileConfig(mode="default")
