@@ -67,13 +67,18 @@ SECTIONS = [
 ]
 
 
+def _section_name(section: object) -> str:
+    """What ``--only`` calls a section: its module's name (``quantization``, ``threads``, …)."""
+    return section.__module__.split(".")[-1]
+
+
 def run(args: argparse.Namespace) -> Report:
     settings = Settings.quick_settings() if args.quick else Settings()
     if args.tokens:
         settings.tokens = args.tokens
     report = Report()
     report.facts["command"] = args.command_line
-    chosen = [machine.machine_section] + [s for s in SECTIONS[1:] if s.__module__.split(".")[-1] in args.only]
+    chosen = [machine.machine_section] + [s for s in SECTIONS[1:] if _section_name(s) in args.only]
     for section in chosen if args.only else SECTIONS:
         section(report, settings)
     return report
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         nargs="+",
         default=[],
-        choices=sorted({s.__module__.split(".")[-1] for s in SECTIONS[1:]}),
+        choices=sorted({_section_name(s) for s in SECTIONS[1:]}),
         help="run these sections (and the machine table) only, e.g. --only quantization",
     )
     args = parser.parse_args(argv)

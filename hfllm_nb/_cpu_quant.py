@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -164,17 +164,28 @@ def quantize_int8(model: nn.Module, compute_dtype: torch.dtype) -> dict[str, str
 
     Returns, for each layer the kernel cannot take, the reason.
     """
+    layers, skipped = _layers_below_head(model, int8_blockers)
+    for name, module, weight in layers:
+        _set_module(model, name, Int8Linear.from_float(weight, module.bias, compute_dtype))
+    return skipped
+
+
+def _layers_below_head(
+    model: nn.Module, blockers: Callable[[int, int], str | None]
+) -> tuple[list[tuple[str, nn.Module, torch.Tensor]], dict[str, str]]:
+    """The linear layers other than the output layer that a format can hold, and ``{name: reason}``
+    for those it cannot (``blockers(out_features, in_features)`` gives the reason or None)."""
     head = _head(model)
-    skipped = {}
+    layers, skipped = [], {}
     for name, module, weight in list(linear_like(model)):
         if module is head:
             continue
-        reason = int8_blockers(*weight.shape)
+        reason = blockers(*weight.shape)
         if reason is None:
-            _set_module(model, name, Int8Linear.from_float(weight, module.bias, compute_dtype))
+            layers.append((name, module, weight))
         else:
             skipped[name] = reason
-    return skipped
+    return layers, skipped
 
 
 def int4_blockers(out_features: int, in_features: int, group_size: int) -> str | None:
@@ -194,15 +205,8 @@ def quantize_int4_torchao(model: nn.Module, group_size: int) -> dict[str, str]:
     from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
     from torchao.quantization import quantize_
 
-    head = _head(model)
-    skipped = {}
-    for name, module, weight in list(linear_like(model)):
-        if module is head:
-            continue
-        reason = int4_blockers(*weight.shape, group_size)
-        if reason is not None:
-            skipped[name] = reason
-            continue
+    layers, skipped = _layers_below_head(model, lambda out, in_: int4_blockers(out, in_, group_size))
+    for name, module, weight in layers:
         if not isinstance(module, nn.Linear):  # Conv1D: torchao quantizes nn.Linear only
             module = _as_linear(weight, module.bias)
             _set_module(model, name, module)
