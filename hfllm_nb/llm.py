@@ -271,6 +271,18 @@ class HuggingFaceLLM:
 
         return logit_lens(self, prompt)
 
+    def run(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(model, tokenizer, *args, **kwargs)`` where the in-process model lives; return its result.
+
+        It takes its turn with generations, and the look-inside views use it for their forward
+        passes. A remote engine has no weights here and raises ``GenerationError``.
+
+        >>> llm.run(lambda model, tokenizer: model.config.num_hidden_layers)   # doctest: +SKIP
+        30
+        """
+        with self._inspect() as (model, tokenizer):
+            return fn(model, tokenizer, *args, **kwargs)
+
     @contextlib.contextmanager
     def _inspect(self) -> Iterator[tuple[Any, Any]]:
         """Hold the in-process model and tokenizer for the look-inside views; no generation runs meanwhile."""
