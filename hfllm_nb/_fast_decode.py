@@ -1,15 +1,17 @@
 """Opt-in fast decoding: a static KV cache and a ``torch.compile``'d decode step.
 
 transformers' ``generate`` compiles the one-token forward itself when the cache is
-static and ``compile_config`` allows the device. This module chooses those settings,
-sizes the cache in power-of-two buckets so that prompts of different lengths share one
-compiled graph, and warms the graph up once, at load time instead of on the first call.
+static and ``compile_config`` allows the device. This module chooses those settings, keeps
+static caches sized in power-of-two buckets (a short prompt after a long one decodes over a
+short cache again: transformers alone never shrinks it), and warms the graph up once, at load
+time instead of on the first call.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -19,6 +21,8 @@ logger = logging.getLogger("hfllm_nb")
 # Smallest static cache, in tokens: short chats share one size, and attention over
 # this many slots costs little next to reading the weights.
 MIN_CACHE_LENGTH = 256
+# Caches kept for reuse (most recently used first out last): the sizes a session goes back and forth between.
+_KEPT_CACHES = 3
 # A prompt and budget that make generate run the compiled decode step at least twice.
 _WARM_UP_PROMPT = "Hello"
 _WARM_UP_TOKENS = 4
@@ -118,36 +122,62 @@ def use_fused_decode_attention(model: Any, device: torch.device, requested: Any)
 
 
 class FastDecode:
-    """The ``generate`` settings for the fast path of one model, and its warm-up.
+    """The ``generate`` settings for the fast path of one model, its static caches, and its warm-up.
 
     Args:
         device: where the model runs.
         context_length: the model's context; no cache is made longer than this.
+        config: the model's config, which shapes the caches.
     """
 
-    def __init__(self, device: torch.device, context_length: int) -> None:
+    def __init__(self, device: torch.device, context_length: int, config: Any = None) -> None:
+        self.config = config
         self.context_length = context_length
         self.compile_config = compile_config(device)
         self.compile_seconds: float | None = None
+        self.caches: OrderedDict[tuple[int, int], Any] = OrderedDict()  # (batch, length) -> StaticCache
+        self._lengths_seen: set[int] = set()
 
     def cache_length(self, needed: int) -> int:
         """The static cache size for ``needed`` tokens: the next power of two ≥ 256.
 
-        Few distinct sizes mean few compiled graphs; transformers also never shrinks the
-        cache of a model, so a size once reached is reused by every later call.
+        Few distinct sizes mean few compiled graphs (one per size and batch shape, each compiled
+        on its first use); each call gets the smallest size that fits it.
         """
         size = MIN_CACHE_LENGTH
         while size < needed:
             size *= 2
         return max(min(size, self.context_length), needed)
 
-    def options(self, prompt_width: int, new_tokens: int) -> dict[str, Any]:
-        """``generate`` keywords for a call on a prompt ``prompt_width`` tokens wide."""
+    def options(self, batch: int, prompt_width: int, new_tokens: int) -> dict[str, Any]:
+        """``generate`` keywords for a call of ``batch`` prompts ``prompt_width`` tokens wide."""
         return {
-            "cache_implementation": "static",
-            "max_cache_len": self.cache_length(prompt_width + new_tokens),
+            "cache": self._cache(batch, self.cache_length(prompt_width + new_tokens)),
             "compile_config": self.compile_config,
         }
+
+    def _cache(self, batch: int, length: int) -> Any:
+        """A cleared static cache of this size: reused when this size was used lately, else a new one."""
+        from transformers import StaticCache
+
+        key = (batch, length)
+        cache = self.caches.pop(key, None)
+        if cache is None:
+            if length not in self._lengths_seen and self._lengths_seen:
+                logger.info(
+                    "First call that needs a %d-token cache: the decode step compiles for this size once "
+                    "(tens of seconds on a CPU); later calls of this size reuse it.",
+                    length,
+                )
+            cache = StaticCache(config=self.config, max_cache_len=length)
+            while len(self.caches) >= _KEPT_CACHES:
+                self.caches.popitem(last=False)  # the least recently used size
+        else:
+            with torch.inference_mode():  # its tensors were made inside generate's inference mode
+                cache.reset()
+        self._lengths_seen.add(length)
+        self.caches[key] = cache
+        return cache
 
     def warm_up(self, generate: Any) -> float:
         """Compile the decode step now by calling ``generate(prompt, **kwargs)`` once.

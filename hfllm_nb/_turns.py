@@ -4,8 +4,9 @@ The rule (documented in README): calls on one ``HuggingFaceLLM`` run one at a ti
 made from the thread that holds an unfinished ``stream()`` (one not read to the end, or the
 loop that is reading it) cannot wait for that stream, since only that thread could finish
 it: the stream is stopped with a ``RuntimeWarning`` and the new call runs. A call made from
-inside a running generation on the same thread (a callback) raises ``GenerationError`` at
-once. Calls from other threads wait their turn. Nothing blocks forever on its own thread.
+inside a running generation (a callback: it runs on the model's own thread, while the
+caller's thread holds the turn) raises ``GenerationError`` at once. Calls from other threads
+wait their turn. Nothing blocks forever on its own thread.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import weakref
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
+from .engines._model_thread import INSIDE_MESSAGE
 from .engines.base import StopSignal
 from .errors import GenerationError
 
@@ -50,6 +52,8 @@ class Turns:
     """Serializes generations on one model and keeps each request's Stop signal reachable."""
 
     def __init__(self) -> None:
+        # Set once the engine exists: True on a thread that runs inside a generation (its callbacks).
+        self.inside_generation: Callable[[], bool] = lambda: False
         self._lock = threading.Lock()
         self._holder: Any = None  # a weakref to the TextStream holding the model, or the thread of a plain call
         self._signals: weakref.WeakSet[StopSignal] = weakref.WeakSet()
@@ -94,11 +98,8 @@ class Turns:
         if isinstance(holder, weakref.ref):
             holder = holder()  # None: the stream was dropped and is closing itself
         me = threading.current_thread()
-        if holder is me:
-            raise GenerationError(
-                "This call was made from inside a running generation on the same model (a callback, "
-                "or a stopping criterion?). Wait until it ends, or call llm.stop() first."
-            )
+        if holder is me or self.inside_generation():
+            raise GenerationError(INSIDE_MESSAGE)
         if isinstance(holder, TextStream) and (holder.owner is me or (holder.owner and not holder.owner.is_alive())):
             warnings.warn(
                 "An earlier stream() on this model was still open (not read to the end, or this call "

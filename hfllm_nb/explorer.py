@@ -29,6 +29,13 @@ _BAR_AREA = "24em"
 _TEXT_STYLE = "white-space:pre-wrap;font-family:monospace;line-height:1.9"
 
 
+def _read_tokens(model: Any, tokenizer: Any, new_ids: list[int], cache: Any) -> Any:
+    """One forward pass over ``new_ids`` on top of ``cache`` (on the model thread)."""
+    with torch.inference_mode():
+        output = model(input_ids=torch.tensor([new_ids], device=model.device), cache=cache, use_cache=True)
+        return output.cache, output.logits[0, -1].float().cpu()
+
+
 class TokenStepper:
     """The tokens so far, their KV cache and the next-token logits; every model call is here.
 
@@ -43,9 +50,9 @@ class TokenStepper:
             raise TypeError("The explorer takes one prompt string, not a list.")
         _validation.check_prompt(prompt)
         self._llm = llm
-        with llm._inspect() as (model, tokenizer):
-            ids = tokenizer(prompt)["input_ids"]
-            self.tokenizer, self.vocab_size = tokenizer, vocab_size(model, tokenizer)
+        tokenizer = llm.tokenizer
+        ids = tokenizer(prompt)["input_ids"]
+        self.tokenizer, self.vocab_size = tokenizer, vocab_size(llm.model, tokenizer)
         if not ids:
             raise ValueError(f"The prompt ({prompt!r}) has no tokens: the tokenizer drops all of it.")
         if len(ids) >= llm.context_length:
@@ -72,14 +79,11 @@ class TokenStepper:
 
     def _forward(self, new_ids: list[int]) -> torch.Tensor:
         try:
-            with self._llm._inspect() as (model, _), torch.inference_mode():
-                inputs = torch.tensor([new_ids], device=self._llm.device)
-                output = model(input_ids=inputs, cache=self._cache, use_cache=True)
+            self._cache, logits = self._llm.run(_read_tokens, new_ids, self._cache)
         except BaseException:
             self._cache = None  # it may hold half a step now; rebuilt on next use
             raise
-        self._cache = output.cache
-        return output.logits[0, -1].float().cpu()
+        return logits
 
     def distribution(self, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
         """Next-token probabilities over the vocabulary after temperature, top-k and top-p."""

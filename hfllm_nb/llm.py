@@ -6,13 +6,12 @@ handles Stop and records stats; an engine (``engines/``) does the generating.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
 import weakref
-from collections.abc import Generator, Iterator, Sequence
-from typing import Any, Literal, overload
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import Any, Literal, TypeVar, overload
 
 import torch
 
@@ -24,6 +23,7 @@ from .errors import GenerationError, ModelLoadError
 from .stats import GenerationStats
 
 logger = logging.getLogger("hfllm_nb")
+T = TypeVar("T")
 
 
 class HuggingFaceLLM:
@@ -74,7 +74,7 @@ class HuggingFaceLLM:
             raise TypeError(f"compile must be True or False, not {compile!r}.")
         _validation.check_length("max_length", max_length, limit=10**9, allow_none=False)
         self._turns = Turns()
-        self._panels: weakref.WeakSet = weakref.WeakSet()
+        self._views: weakref.WeakSet = weakref.WeakSet()  # panels and explorers that close() closes
         self._closed = False
         self.last_stats: GenerationStats | None = None
         started = time.perf_counter()
@@ -97,6 +97,7 @@ class HuggingFaceLLM:
             logger.error("%s", exc)  # the one place load failures are logged, whatever raised them
             raise
         self._engine: Engine = engine
+        self._turns.inside_generation = getattr(engine, "in_model_thread", lambda: False)
         self.load_seconds = time.perf_counter() - started
         self.tokenizer = engine.tokenizer
         self.context_length = engine.context_length
@@ -254,16 +255,25 @@ class HuggingFaceLLM:
 
     @property
     def model(self) -> Any:
-        """The in-process transformers model (a remote engine has none and says so)."""
-        return self._in_process()[0]
+        """The in-process transformers model (a remote engine has none and says so).
+
+        Running it on your own thread works, but ``llm.run(fn)`` keeps torch on one thread (faster).
+        """
+        return self._in_process()._model()
 
     # ----------------------------------------------------------------- views and lifetime
 
-    def explain(self, prompt: str, max_new_tokens: int = 20, top_k: int = 5, **generate_kwargs: Any):
-        """Each token of prompt and continuation with its probability and top alternatives (``Explanation``)."""
+    def explain(
+        self, prompt: str, max_new_tokens: int = 20, top_k: int = 5, *, sampling_top_k: int | None = None, **kw: Any
+    ):
+        """Each token of prompt and continuation with its probability and ``top_k`` alternatives (``Explanation``).
+
+        Continues like ``generate`` (greedy unless ``do_sample=True``); ``sampling_top_k`` is
+        sampling's top-k (``top_k`` here counts the alternatives shown).
+        """
         from .lookinside import explain
 
-        return explain(self, prompt, max_new_tokens=max_new_tokens, top_k=top_k, **generate_kwargs)
+        return explain(self, prompt, max_new_tokens=max_new_tokens, top_k=top_k, sampling_top_k=sampling_top_k, **kw)
 
     def logit_lens(self, prompt: str):
         """Every layer's next-token guess at every prompt position (``LogitLens``)."""
@@ -271,55 +281,84 @@ class HuggingFaceLLM:
 
         return logit_lens(self, prompt)
 
-    def run(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn(model, tokenizer, *args, **kwargs)`` where the in-process model lives; return its result.
+    def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(model, tokenizer, *args, **kwargs)`` on the model's own thread and return its result.
 
-        It takes its turn with generations, and the look-inside views use it for their forward
-        passes. A remote engine has no weights here and raises ``GenerationError``.
+        It takes its turn with generations, like every call here. The look-inside views run their
+        forward passes through it; so can you, without slowing later generations (see README,
+        Performance). A remote engine has no weights here and raises ``GenerationError``.
 
         >>> llm.run(lambda model, tokenizer: model.config.num_hidden_layers)   # doctest: +SKIP
         30
         """
-        with self._inspect() as (model, tokenizer):
-            return fn(model, tokenizer, *args, **kwargs)
+        engine = self._in_process()
+        signal = self._turns.new_signal()
+        try:
+            with self._turns.turn():
+                self._check_open()
+                return engine.run(lambda model, tokenizer: fn(model, tokenizer, *args, **kwargs), signal)
+        finally:
+            self._turns.retire(signal)
 
-    @contextlib.contextmanager
-    def _inspect(self) -> Iterator[tuple[Any, Any]]:
-        """Hold the in-process model and tokenizer for the look-inside views; no generation runs meanwhile."""
-        model_and_tokenizer = self._in_process()
-        with self._turns.turn():
-            yield model_and_tokenizer
+    def run_stream(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """Run ``fn(model, tokenizer, emit, stop, *args, **kwargs)`` on the model's thread; iterate what it emits.
+
+        ``emit(item)`` hands an item to the reader; ``stop`` (a ``StopSignal``) is set by
+        ``llm.stop()``, ``close()``, Ctrl-C, or closing the iterator: check ``stop.is_set()``
+        between steps. The iterator follows ``stream()``'s rules; what ``fn`` returns is dropped.
+        """
+        engine = self._in_process()
+        signal = self._turns.new_signal()
+
+        def body(handle: weakref.ref) -> Generator[Any, None, None]:
+            try:
+                with self._turns.turn(handle):
+                    self._check_open()
+                    job = lambda model, tokenizer, emit, stop: fn(model, tokenizer, emit, stop, *args, **kwargs)  # noqa: E731
+                    yield from engine.run_stream(job, signal)
+            finally:
+                self._turns.retire(signal)
+
+        return TextStream(body)
 
     def _check_open(self) -> None:
         if self._closed:
             raise GenerationError(f"{self.model_id!r} was closed; load it again with HuggingFaceLLM(...).")
 
-    def _in_process(self) -> tuple[Any, Any]:
+    def _in_process(self) -> Any:
         self._check_open()
-        inspect = getattr(self._engine, "inspect", None)
-        if inspect is None:
+        if getattr(self._engine, "run", None) is None:
             raise GenerationError(
                 f"This needs the model's weights in this process, and {self._engine.description} runs it on a "
                 "server. Load it here too, e.g. HuggingFaceLLM(model_id) without endpoint=, for the look-inside views."
             )
-        return inspect()
+        return self._engine
 
     def panel(self, **settings: Any):
         """An ipywidgets panel for this model (see ``hfllm_nb.LLMPanel``); ``close()`` closes it too."""
         from .panel import LLMPanel  # the core stays importable without ipywidgets
 
-        panel = LLMPanel(self, **settings)
-        self._panels.add(panel)
-        return panel
+        return LLMPanel(self, **settings)
+
+    def register_view(self, view: Any) -> None:
+        """Have ``close()`` close ``view`` too (panels and explorers register themselves; held weakly)."""
+        self._views.add(view)
 
     def close(self) -> None:
-        """Stop any generation, close this model's panels, free the weights (and the CUDA cache)."""
+        """Stop any generation, close this model's views, free the weights (and the CUDA cache).
+
+        Never waits on a caller: Stop ends the running generation within a step, and the engine
+        frees the weights after it (a stream left half-read elsewhere then ends with an error).
+        """
+        if self._closed:
+            return
+        if self._turns.inside_generation():
+            raise GenerationError("close() cannot run inside a generation callback; call it after the run ends.")
+        self._closed = True  # from here on every call, and every stream not yet started, says so
         self.stop()
-        for panel in list(self._panels):
-            panel.close()
-        with self._turns.turn():
-            self._closed = True
-            self._engine.close()
+        for view in list(self._views):
+            view.close()
+        self._engine.close()
 
     def __enter__(self) -> HuggingFaceLLM:
         return self
@@ -358,6 +397,7 @@ class HuggingFaceLLM:
     def _generate(self, request: EngineRequest, budget: str) -> EngineResult:
         try:
             with self._turns.turn():
+                self._check_open()  # a call that waited for its turn while close() ran
                 result = self._engine.generate(request)
         finally:
             self._turns.retire(request.stop)
@@ -371,6 +411,7 @@ class HuggingFaceLLM:
         result: EngineResult | None = None
         try:
             with self._turns.turn(handle):
+                self._check_open()  # a stream made before close() and read after it
                 pieces = self._engine.stream(request)
                 try:
                     while True:

@@ -8,8 +8,6 @@ as it is computed, so no full-vocabulary tensor outlives its step.
 from __future__ import annotations
 
 import contextlib
-import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -31,7 +29,6 @@ if TYPE_CHECKING:
     from .llm import HuggingFaceLLM
 
 _PROMPT_CHUNK = 256  # prompt rows turned into probabilities at a time (bounds the float32 copy)
-_POLL_S = 0.05  # how often the stream reader checks that the generation thread is alive
 
 
 # ----------------------------------------------------------------------------- distributions
@@ -121,21 +118,25 @@ class _Job:
 
 
 def explain(
-    llm: HuggingFaceLLM, prompt: str, max_new_tokens: int = 20, top_k: int = 5, **generate_kwargs: Any
+    llm: HuggingFaceLLM,
+    prompt: str,
+    max_new_tokens: int = 20,
+    top_k: int = 5,
+    sampling_top_k: int | None = None,
+    **generate_kwargs: Any,
 ) -> Explanation:
     """Continue ``prompt`` (greedy unless ``do_sample=True``) and explain every token (``llm.explain``).
 
-    ``top_k`` is how many alternatives each token keeps; sampling settings pass through.
+    ``top_k`` is how many alternatives each token keeps; ``sampling_top_k`` is sampling's top-k;
+    other sampling settings pass through. ``llm.stop()`` ends it within a step.
 
     >>> llm.explain("The capital of France is", max_new_tokens=3)   # doctest: +SKIP
     """
-    request = _check(llm, prompt, None, max_new_tokens, top_k, generate_kwargs)
-    tokens: list[ExplainedToken] = []
-    with llm._inspect() as (model, tokenizer):
-        job = _tokenize(llm, model, tokenizer, *request)
-        tokens += _explain_prompt(model, tokenizer, llm.device, job)
-        _generate(model, tokenizer, llm.device, job, tokens.append, ())
-        text = tokenizer.decode([token.token_id for token in tokens], skip_special_tokens=True)
+    if sampling_top_k is not None:
+        generate_kwargs["top_k"] = sampling_top_k
+    job = _tokenize(llm, *_check(llm, prompt, None, max_new_tokens, top_k, generate_kwargs))
+    tokens: list[ExplainedToken] = list(llm.run_stream(_explain_job, job, llm.sampling_defaults, True))
+    text = llm.tokenizer.decode([token.token_id for token in tokens], skip_special_tokens=True)
     settings = {"do_sample": False, **job.options, **({"seed": job.seed} if job.seed is not None else {})}
     return Explanation(tokens, text, settings)
 
@@ -154,9 +155,9 @@ def explain_stream(
     """Yield each new token, explained, as it is generated: ``llm.stream`` with probabilities.
 
     Takes what ``llm.stream`` takes (sampling ``top_k`` too); ``alternatives`` is how many likely
-    tokens each keeps. Input is checked here, before the first token. Closing the iterator or
-    setting ``stop_event`` (anything with ``is_set()``) stops within a step; an error in the
-    generation thread is raised in the reader. ``add_special_tokens=False`` suits a prompt from
+    tokens each keeps. Input is checked here, before the first token. Closing the iterator,
+    ``llm.stop()`` or setting ``stop_event`` (anything with ``is_set()``) stops within a step; an
+    error in the run is raised in the reader. ``add_special_tokens=False`` suits a prompt from
     ``llm.format_chat``; lengths then bound the reply alone, as in ``chat``. Sets ``llm.last_stats``.
 
     >>> for token in explain_stream(llm, "Once upon a time,", max_new_tokens=5):   # doctest: +SKIP
@@ -165,49 +166,41 @@ def explain_stream(
     if not isinstance(add_special_tokens, bool):
         raise TypeError(f"add_special_tokens must be True or False, not {add_special_tokens!r}.")
     request = _check(llm, prompt, max_length, max_new_tokens, alternatives, generate_kwargs, "alternatives")
-    with llm._inspect() as (model, tokenizer):  # also where a remote engine says it cannot do this
-        job = _tokenize(llm, model, tokenizer, *request, add_special_tokens=add_special_tokens)
-    return _stream(llm, job, stop_event)
+    job = _tokenize(llm, *request, add_special_tokens=add_special_tokens)
+    tokens = llm.run_stream(_explain_job, job, llm.sampling_defaults, False, stop_event)
+    return _timed(llm, job, tokens, stop_event)
 
 
-def _stream(llm: HuggingFaceLLM, job: _Job, stop_event: Any) -> Iterator[ExplainedToken]:
-    produced: queue.Queue[ExplainedToken] = queue.Queue()
-    closed = threading.Event()
-    errors: list[BaseException] = []
+def _explain_job(model, tokenizer, emit, stop, job: _Job, defaults: dict, prompt: bool, stop_event: Any = None) -> None:
+    """On the model thread: the prompt's tokens (if asked), then each generated one, to ``emit``."""
+    if prompt:
+        for token in _explain_prompt(model, tokenizer, model.device, job):
+            emit(token)
+    _generate(model, tokenizer, model.device, job, emit, (stop, stop_event), defaults)
+
+
+def _timed(llm: HuggingFaceLLM, job: _Job, tokens: Iterator[ExplainedToken], stop_event: Any):
+    """Pass the tokens on and set ``llm.last_stats`` when the run ends, as ``stream`` does."""
     seen: list[ExplainedToken] = []
     started = time.perf_counter()
     first: float | None = None
-    with llm._inspect() as (model, tokenizer):
-
-        def work() -> None:
-            try:
-                _generate(model, tokenizer, llm.device, job, produced.put, (closed, stop_event))
-            except BaseException as exc:  # handed to the reader below
-                errors.append(exc)
-
-        thread = threading.Thread(target=work, name="hfllm_nb-explain", daemon=True)
-        thread.start()
-        try:
-            # The timeout lets the reader notice a thread that died, and a KeyboardInterrupt.
-            while thread.is_alive() or not produced.empty():
-                with contextlib.suppress(queue.Empty):
-                    token = produced.get(timeout=_POLL_S)
-                    first = first if first is not None else time.perf_counter() - started
-                    seen.append(token)
-                    yield token
-        finally:  # normal end, break (close()) and KeyboardInterrupt alike
-            stopped = closed.is_set() or bool(stop_event is not None and stop_event.is_set())
-            closed.set()
-            thread.join()
-            if not errors:
-                llm.last_stats = _stats(model, job, seen, stopped, time.perf_counter() - started, first)
-    if errors:
-        raise errors[0]
+    finished = False
+    try:
+        for token in tokens:
+            first = first if first is not None else time.perf_counter() - started
+            seen.append(token)
+            yield token
+        finished = True
+    finally:
+        tokens.close()  # a break or Ctrl-C here: stops the run within a step
+        if finished or seen:
+            stopped = not finished or bool(stop_event is not None and stop_event.is_set())
+            llm.last_stats = _stats(llm, job, seen, stopped, time.perf_counter() - started, first)
 
 
-def _stats(model, job: _Job, tokens: list[ExplainedToken], stopped: bool, seconds: float, first) -> GenerationStats:
+def _stats(llm, job: _Job, tokens: list[ExplainedToken], stopped: bool, seconds: float, first) -> GenerationStats:
     """What ``llm.last_stats`` says after a plain run: so the panel's status line reads alike."""
-    ends = model.generation_config.eos_token_id
+    ends = llm.model.generation_config.eos_token_id
     ends = set(ends) if isinstance(ends, (list, tuple)) else {ends}
     if tokens and tokens[-1].token_id in ends:
         reason = END_OF_TEXT
@@ -221,25 +214,29 @@ def _stats(model, job: _Job, tokens: list[ExplainedToken], stopped: bool, second
 
 
 def _check(llm, prompt, max_length, max_new_tokens, top_k, options, name="top_k") -> tuple:
-    """Every check that needs no tokenizer, done before the model is taken."""
+    """Every check that needs no model call, done before the model is taken."""
     if not isinstance(prompt, str):
         _validation.check_prompt(prompt)  # a precise message for wrong types
         raise TypeError("Pass one prompt string; the look-inside views take one prompt at a time.")
     _validation.check_prompt(prompt)
-    check_top_k(top_k, 2**62, name)  # the vocabulary bound is checked once the tokenizer is held
+    check_top_k(top_k, vocab_size(llm.model, llm.tokenizer), name)
     max_length = _validation.check_length("max_length", max_length, limit=llm.context_length)
     max_new_tokens = _validation.check_length("max_new_tokens", max_new_tokens, limit=llm.context_length)
     if max_length is not None and max_new_tokens is not None:
         raise ValueError(f"Pass max_length ({max_length}) or max_new_tokens ({max_new_tokens}), not both.")
-    options = _options.check_options(options, streaming=True)  # what stream() accepts, checked alike
-    return prompt, max_length, max_new_tokens, top_k, options, name
+    options = _options.check_options(options)
+    if options.get("num_beams", 1) > 1:
+        raise ValueError(
+            f"num_beams={options['num_beams']} cannot be explained token by token: beam search keeps several "
+            "sequences and picks one at the end. Drop num_beams here, or use generate() for beam search."
+        )
+    return prompt, max_length, max_new_tokens, top_k, options
 
 
-def _tokenize(llm, model, tokenizer, prompt, max_length, max_new_tokens, top_k, options, name, add_special_tokens=True):
+def _tokenize(llm, prompt, max_length, max_new_tokens, top_k, options, add_special_tokens=True) -> _Job:
     """The prompt's ids and how many tokens may follow, by the budget rules generate() uses."""
-    check_top_k(top_k, vocab_size(model, tokenizer), name)
     _, (ids,), (budget,), label = _budgets.plan(
-        tokenizer,
+        llm.tokenizer,
         prompt,
         max_length,
         max_new_tokens,
@@ -274,18 +271,23 @@ def _explain_prompt(model: Any, tokenizer: Any, device: torch.device, job: _Job)
     return tokens
 
 
-def _generate(model, tokenizer, device, job: _Job, on_token, stop_events) -> None:
-    """``model.generate`` with a ``StepRecorder`` attached; the caller holds the model."""
+def _generate(model, tokenizer, device, job: _Job, on_token, stop_events, defaults: dict) -> None:
+    """``model.generate`` with a ``StepRecorder`` attached, on the model thread.
+
+    ``defaults`` are the sampling settings generate() falls back to (``llm.sampling_defaults``).
+    """
     options = dict(job.options)
     recorder = StepRecorder(tokenizer, job.top_k, options.get("do_sample", False), on_token)
     warpers = []
     if options.get("do_sample"):
         # generate() appends its sampling warpers after every custom processor; we apply them
         # ourselves, in the same order, so the recorder comes last and sees what sampling draws from.
-        config = model.generation_config
+        # Unset ones fall back as in generate(): the model's generation config, else transformers'
+        # defaults (top-k 50 among them, which generation_config.top_k alone does not say).
+        fallback = {**defaults, "min_p": model.generation_config.min_p}
         given = {name: options.pop(name, None) for name in ("temperature", "top_k", "top_p", "min_p")}
-        given = {name: getattr(config, name, None) if value is None else value for name, value in given.items()}
-        warpers = sampling_warpers(given["temperature"] or 1.0, given["top_k"], given["top_p"] or 1.0, given["min_p"])
+        given = {name: fallback.get(name) if value is None else value for name, value in given.items()}
+        warpers = sampling_warpers(given["temperature"], given["top_k"], given["top_p"], given["min_p"])
         options.update(temperature=1.0, top_k=0, top_p=1.0, min_p=None)  # so generate() adds none of its own
     processors = LogitsProcessorList([*(options.pop("logits_processor", None) or []), *warpers, recorder])
     criteria = StoppingCriteriaList([_StopOn(*stop_events), *(options.pop("stopping_criteria", None) or [])])
@@ -324,22 +326,51 @@ def logit_lens(llm: HuggingFaceLLM, prompt: str) -> LogitLens:
     >>> lens = llm.logit_lens("The capital of France is")   # doctest: +SKIP
     >>> lens.top_tokens[-1][-1]                             # the model's own next token
     """
-    request = _check(llm, prompt, None, 1, 1, {})
-    with llm._inspect() as (model, tokenizer):
-        ids = _tokenize(llm, model, tokenizer, *request).ids
-        norm, head = final_norm(model), model.get_output_embeddings()
-        with torch.inference_mode():
-            output = model(input_ids=torch.tensor([ids], device=llm.device), output_hidden_states=True, use_cache=False)
-            # The last hidden state has the final norm applied in some transformers versions and not
-            # in others, so the last row comes from the logits themselves.
-            layers = [head(norm(hidden[0].to(head.weight.device))) for hidden in output.hidden_states[:-1]]
-            best = [torch.softmax(logits.float(), dim=-1).max(dim=-1) for logits in [*layers, output.logits[0]]]
-        probabilities = torch.stack([values.cpu() for values, _ in best])  # (layers + 1, positions)
-        top_ids = torch.stack([indices.cpu() for _, indices in best])
-        texts = {i: token_text(tokenizer, i)[0] for i in set(top_ids.flatten().tolist()) | set(ids)}
-    names = ["embeddings", *(f"layer {i}" for i in range(1, len(best)))]
+    job = _tokenize(llm, *_check(llm, prompt, None, 1, 1, {}))
+    probabilities, top_ids = llm.run(_lens_rows, job.ids)
+    tokenizer = llm.tokenizer
+    texts = {i: token_text(tokenizer, i)[0] for i in set(top_ids.flatten().tolist()) | set(job.ids)}
+    names = ["embeddings", *(f"layer {i}" for i in range(1, len(probabilities)))]
     top_tokens = [[texts[i] for i in row] for row in top_ids.tolist()]
-    return LogitLens([texts[i] for i in ids], names, top_ids, top_tokens, probabilities)
+    return LogitLens([texts[i] for i in job.ids], names, top_ids, top_tokens, probabilities)
+
+
+def _lens_rows(model: Any, tokenizer: Any, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each layer's top next token and its probability at each position: (layers + 1, positions) twice.
+
+    Only the best of each cell is kept: the full-vocabulary logits of one layer and at most
+    ``_PROMPT_CHUNK`` positions exist at a time (all of them at once took ~6 MB per prompt token).
+    """
+    norm, head = final_norm(model), model.get_output_embeddings()
+    normed: list[torch.Tensor] = []
+    # The model's own last row is its final norm's output through the head. Whether the last hidden
+    # state has that norm applied differs between transformers versions, so it is caught here.
+    handle = norm.register_forward_hook(lambda _module, _args, output: normed.append(output))
+    try:
+        with torch.inference_mode():
+            output = model(
+                input_ids=torch.tensor([ids], device=model.device), output_hidden_states=True, use_cache=False,
+                logits_to_keep=1,  # the full logits would be (positions, vocabulary): not needed here
+            )  # fmt: skip
+    finally:
+        handle.remove()
+    states = [*output.hidden_states[:-1], normed[-1]]
+    del output
+    normed.clear()
+    values, indices = [], []
+    with torch.inference_mode():
+        for layer in range(len(states)):
+            hidden, states[layer] = states[layer][0], None  # (positions, hidden); freed once read
+            best_values, best_ids = [], []
+            for start in range(0, len(ids), _PROMPT_CHUNK):
+                rows = hidden[start : start + _PROMPT_CHUNK].to(head.weight.device)
+                rows = head(rows if layer == len(states) - 1 else norm(rows))  # (chunk, vocabulary)
+                best = torch.softmax(rows.float(), dim=-1).max(dim=-1)
+                best_values.append(best.values.cpu())
+                best_ids.append(best.indices.cpu())
+            values.append(torch.cat(best_values))
+            indices.append(torch.cat(best_ids))
+    return torch.stack(values), torch.stack(indices)
 
 
 def final_norm(model: Any) -> torch.nn.Module:

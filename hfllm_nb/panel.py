@@ -168,6 +168,7 @@ class LLMPanel(widgets.VBox):
         ]
         self._boxes = rows
         super().__init__([self.prompt, *rows, self.output, self.status, self.error, self.memory])
+        llm.register_view(self)  # llm.close() stops and closes it, however it was built
 
     # ---------------------------------------------------------------- public API
 

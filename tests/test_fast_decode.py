@@ -51,6 +51,31 @@ def test_cache_length_grows_in_powers_of_two_within_the_context():
     assert FastDecode(torch.device("cpu"), context_length=100).cache_length(60) == 100
 
 
+def cache_of_the_last_call(llm) -> tuple[int, int]:
+    """(batch, length) of the static cache the last generate used: FastDecode keeps the latest last."""
+    return next(reversed(llm._engine._fast.caches))
+
+
+def test_a_short_prompt_after_a_long_one_decodes_over_a_short_cache_again(tiny_model_dir, tmp_path):
+    # transformers alone keeps the longest cache it ever made: every later short call pays for it.
+    from hfllm_nb.testing import save_tiny_llama
+
+    folder = save_tiny_llama(tmp_path / "tiny-1k", tiny_model_dir, max_position_embeddings=1024)
+    llm = HuggingFaceLLM(str(folder), dtype="float32", compile=True)
+    llm.generate(PROMPTS[1], max_new_tokens=4)
+    assert cache_of_the_last_call(llm) == (1, MIN_CACHE_LENGTH)
+    long_prompt = " ".join(["word"] * 300)
+    llm.generate(long_prompt, max_new_tokens=4)
+    assert cache_of_the_last_call(llm) == (1, 2 * MIN_CACHE_LENGTH)
+    before = compiled_graphs()
+    text = llm.generate(PROMPTS[1], max_new_tokens=6, min_new_tokens=6)
+    assert cache_of_the_last_call(llm) == (1, MIN_CACHE_LENGTH)
+    assert compiled_graphs() == before, "going back to a size used before must not compile again"
+    llm.close()
+    plain = HuggingFaceLLM(str(folder), dtype="float32")
+    assert text == plain.generate(PROMPTS[1], max_new_tokens=6, min_new_tokens=6)
+
+
 def test_warm_up_compiles_at_load_and_leaves_no_stats(fast_tiny_llm):
     assert fast_tiny_llm._engine._fast.compile_seconds is not None
     assert fast_tiny_llm.last_stats is None

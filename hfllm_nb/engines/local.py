@@ -6,17 +6,20 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
 
 import torch
 
 from .. import _device, _fast_decode, _loading
-from .._streaming import StepWatch, ThreadedTextStream
+from .._streaming import StepWatch, TextEmitter
 from ..errors import GenerationError
-from .base import END_OF_TEXT, LENGTH, STOP_STRING, STOPPED, Completion, EngineRequest, EngineResult
+from ._model_thread import ModelThread
+from .base import LENGTH, STOPPED, Completion, EngineRequest, EngineResult, StopSignal
 
 logger = logging.getLogger("hfllm_nb")
+
+T = TypeVar("T")
 
 # Used when neither the config nor the tokenizer gives a believable context length.
 FALLBACK_CONTEXT = 2048
@@ -45,6 +48,27 @@ class LocalEngine:
         compile: bool,
         load_kwargs: dict[str, Any],
     ) -> None:
+        # Everything torch does for this model happens on one thread, loading included (see _model_thread).
+        self._thread = ModelThread()
+        settings = (device, dtype, quantization_config, device_map, trust_remote_code, compile, load_kwargs)
+        try:
+            self._thread.call(lambda: self._load(source, *settings))
+        except BaseException:
+            self._thread.close()
+            raise
+
+    def _load(
+        self,
+        source: _loading.ModelSource,
+        device: torch.device,
+        dtype: Any,
+        quantization_config: Any,
+        device_map: Any,
+        trust_remote_code: bool,
+        compile: bool,
+        load_kwargs: dict[str, Any],
+    ) -> None:
+        """Load, quantize and warm up the model: on the model thread, like every later torch op."""
         self.dtype = _device.resolve_dtype(dtype, device)
         plan = None
         if quantization_config is not None:
@@ -71,7 +95,7 @@ class LocalEngine:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.context_length = self._context_length()
         self._eos_ids = self._end_token_ids()
-        self._fast = _fast_decode.FastDecode(self.device, self.context_length) if compile else None
+        self._fast = _fast_decode.FastDecode(self.device, self.context_length, self.model.config) if compile else None
         if self._fast is not None:
             _fast_decode.use_fused_decode_attention(self.model, self.device, load_kwargs.get("attn_implementation"))
             self._fast.warm_up(self._warm_up_generate)
@@ -96,45 +120,64 @@ class LocalEngine:
         """Every option of ``_options.ALLOWED_OPTIONS`` works in-process."""
 
     def generate(self, request: EngineRequest) -> EngineResult:
-        watch = StepWatch(request.stop)
-        output = self._run(request, watch)
-        return self._result(request, output, watch)
+        return self._thread.call(lambda: self._generate_here(request), request.stop)
 
     def stream(self, request: EngineRequest) -> Generator[str, None, EngineResult]:
-        watch = StepWatch(request.stop)
-        stream = ThreadedTextStream(self.tokenizer)
-        stream.start(lambda streamer: self._run(request, watch, streamer=streamer))
-        try:
-            yield from stream
-        finally:
-            # Reached on normal end, on close() (break) and on KeyboardInterrupt alike.
-            if stream.error is None and stream.result is None:
-                request.stop.set()
-            stream.join()
-        if stream.error is not None:
-            raise stream.error
-        return self._result(request, stream.result, watch)
+        """Text pieces as the model thread produces them; closing this stops generation within a step."""
+        return (yield from self._thread.stream(lambda emit: self._generate_here(request, emit), request.stop))
 
     def close(self) -> None:
+        """Free the weights on the model thread (after any queued job), then end that thread."""
+        if self._thread.is_current():
+            raise GenerationError("close() cannot run inside a generation callback; call it after the run ends.")
+        with contextlib.suppress(GenerationError):  # closed before: nothing left to free
+            self._thread.call(self._free)
+        if not self._thread.close():
+            logger.warning("The model thread did not end within 30 s of close(); it ends with its job.")
+
+    # ----------------------------------------------------------------- look-inside views
+
+    def run(self, fn: Callable[[Any, Any], T], stop: StopSignal | None = None) -> T:
+        """``fn(model, tokenizer)`` on the model thread, for views that run forward passes of their own."""
+        return self._thread.call(lambda: fn(self._model(), self.tokenizer), stop)
+
+    def run_stream(self, fn: Callable[..., T], stop: StopSignal) -> Generator[Any, None, T]:
+        """``fn(model, tokenizer, emit, stop)`` on the model thread; yields what it emits."""
+        return (yield from self._thread.stream(lambda emit: fn(self._model(), self.tokenizer, emit, stop), stop))
+
+    def in_model_thread(self) -> bool:
+        """True inside a running job (a streamer or stopping-criterion callback): calls from here must fail."""
+        return self._thread.is_current()
+
+    # ----------------------------------------------------------------- internals
+
+    def _model(self) -> Any:
+        model = self.__dict__.get("model")
+        if model is None:
+            raise GenerationError("This model was closed; load it again with HuggingFaceLLM(...).")
+        return model
+
+    def _free(self) -> None:
         model = self.__dict__.pop("model", None)
         self._fast = None
         if model is None:
             return
-        on_cuda = self.device.type == "cuda"
         del model
         gc.collect()
-        if on_cuda:
+        if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    # ----------------------------------------------------------------- look-inside views
-
-    def inspect(self) -> tuple[Any, Any]:
-        """The model and tokenizer, for views that run forward passes of their own."""
-        if "model" not in self.__dict__:
-            raise GenerationError("This model was closed; load it again with HuggingFaceLLM(...).")
-        return self.model, self.tokenizer
-
-    # ----------------------------------------------------------------- internals
+    def _generate_here(self, request: EngineRequest, emit: Callable[[str], None] | None = None) -> EngineResult:
+        """One generation, on the model thread; ``emit`` receives streamed text."""
+        watch = StepWatch(
+            request.stop,
+            self._eos_ids,
+            request.options.get("stop_strings"),
+            self.tokenizer,
+        )
+        watch.per_row = request.options.get("num_beams", 1) == 1
+        output = self._run(request, watch, TextEmitter(self.tokenizer, emit) if emit is not None else None)
+        return self._result(request, output, watch)
 
     def _context_length(self) -> int:
         config = self.model.config
@@ -175,12 +218,11 @@ class LocalEngine:
         criteria = StoppingCriteriaList([watch, *options.pop("stopping_criteria", [])])
         if "logits_processor" in options:
             options["logits_processor"] = LogitsProcessorList(options["logits_processor"])
-        if "stop_strings" in options:
-            options["tokenizer"] = self.tokenizer  # transformers needs it to match strings
+        options.pop("stop_strings", None)  # matched by the StepWatch, which records where each row stopped
         options.setdefault("do_sample", False)
         options.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         if self._fast is not None:
-            options = {**self._fast.options(width, max(request.budgets)), **options}
+            options = {**self._fast.options(len(request.token_ids), width, max(request.budgets)), **options}
         return {"max_new_tokens": max(request.budgets), "stopping_criteria": criteria, **options}
 
     def _run(self, request: EngineRequest, watch: StepWatch, streamer: Any = None) -> torch.Tensor:
@@ -211,35 +253,22 @@ class LocalEngine:
     def _result(self, request: EngineRequest, output: torch.Tensor, watch: StepWatch) -> EngineResult:
         seconds = time.perf_counter() - watch.started
         width = max(len(ids) for ids in request.token_ids)
-        stop_strings = request.options.get("stop_strings") or []
         completions = []
-        for row, budget in zip(output.tolist(), request.budgets, strict=True):
-            # Cut each row to its own budget, so a batch item equals its single-prompt result.
-            new_ids = row[width : width + budget]
-            end = next((i for i, token in enumerate(new_ids) if token in self._eos_ids), None)
-            if end is not None:
-                new_ids = new_ids[: end + 1]
+        for row, (ids, budget) in enumerate(zip(output.tolist(), request.budgets, strict=True)):
+            # Cut each row where it ended (a finished row of a batch is padded after that), and to
+            # its own budget, so a batch item equals its single-prompt result.
+            kept, reason = watch.ended.get(row, (budget, None))
+            new_ids = ids[width : width + min(kept, budget)]
+            if reason is None or kept > budget:
+                reason = LENGTH if len(new_ids) >= budget else STOPPED  # else: Stop, or a caller's criterion
             text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-            completions.append(
-                Completion(text, len(new_ids), self._finish_reason(end, new_ids, budget, text, stop_strings), new_ids)
-            )
+            completions.append(Completion(text, len(new_ids), reason, new_ids))
         first = watch.first_token_at - watch.started if watch.first_token_at is not None else None
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
         return EngineResult(completions, seconds=seconds, time_to_first_token=first, peak_gpu_memory=peak)
-
-    @staticmethod
-    def _finish_reason(end: int | None, new_ids: list[int], budget: int, text: str, stop_strings: list[str]) -> str:
-        if end is not None:
-            return END_OF_TEXT
-        if any(s in text for s in stop_strings):
-            return STOP_STRING
-        if len(new_ids) >= budget:
-            return LENGTH
-        # Ended early without an end token: Stop, or a stopping criterion of the caller's.
-        return STOPPED
 
     def _warm_up_generate(self, prompt: str, **lengths: int) -> None:
         """The ``generate`` that ``FastDecode.warm_up`` calls, on this engine directly."""
         options = {"min_new_tokens": lengths.get("min_new_tokens", 1)}
         ids = self.tokenizer(prompt)["input_ids"]
-        self.generate(EngineRequest([prompt], [ids], [lengths.get("max_new_tokens", 4)], options))
+        self._generate_here(EngineRequest([prompt], [ids], [lengths.get("max_new_tokens", 4)], options))
