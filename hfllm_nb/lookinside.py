@@ -206,11 +206,18 @@ def _stats(llm, job: _Job, tokens: list[ExplainedToken], stopped: bool, seconds:
         reason = END_OF_TEXT
     elif len(tokens) >= job.budget:
         reason = LENGTH
-    elif stopped:
-        reason = STOPPED
+    elif not stopped and _ends_with_a_stop_string(llm.tokenizer, job, tokens):
+        reason = STOP_STRING
     else:
-        reason = STOP_STRING  # the only other way generate() ends early
+        reason = STOPPED  # Stop, a closed stream, or a stopping criterion of the caller's
     return GenerationStats(len(job.ids), len(tokens), seconds, first, (reason,), job.label)
+
+
+def _ends_with_a_stop_string(tokenizer: Any, job: _Job, tokens: list[ExplainedToken]) -> bool:
+    """Whether a stop string ended the run: it may begin in the prompt, as transformers matches it."""
+    strings = job.options.get("stop_strings") or []
+    tail = tokenizer.decode(job.ids[-8:] + [token.token_id for token in tokens], skip_special_tokens=True)
+    return any(string in tail[-(len(string) + 64) :] for string in strings)
 
 
 def _check(llm, prompt, max_length, max_new_tokens, top_k, options, name="top_k") -> tuple:

@@ -9,30 +9,12 @@ import time
 import weakref
 
 import pytest
+from _deadline import run_with_deadline
 from transformers import StoppingCriteria
 
 from hfllm_nb import GenerationError, HuggingFaceLLM
 
 PROMPT = "Once upon a time,"
-
-
-def run_with_deadline(fn, seconds: float = 60.0):
-    """Run ``fn`` in a thread: a deadlock fails the test instead of hanging the suite."""
-    box: dict = {}
-
-    def work() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"still blocked after {seconds} s: deadlock"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 # ---------------------------------------------------------------- turns and Stop

@@ -1,0 +1,174 @@
+"""One model thread per in-process engine: every torch op runs there, callbacks fail fast, close ends it."""
+
+from __future__ import annotations
+
+import _thread
+import threading
+import time
+
+import pytest
+import torch
+from _deadline import run_with_deadline
+from transformers import StoppingCriteria
+
+from hfllm_nb import GenerationError, HuggingFaceLLM, LLMPanel, NextTokenExplorer
+from hfllm_nb.lookinside import explain_stream
+
+PROMPT = "Once upon a time,"
+
+
+class ForwardThreads:
+    """Records the thread of every forward pass of ``model`` while active."""
+
+    def __init__(self, model) -> None:
+        self.names: list[str] = []
+        self.idents: set[int] = set()
+        self._handle = model.register_forward_pre_hook(self._record)
+
+    def _record(self, *args) -> None:
+        self.names.append(threading.current_thread().name)
+        self.idents.add(threading.get_ident())
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def engine_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "hfllm_nb-engine"]
+
+
+def test_every_way_to_run_the_model_runs_it_on_the_one_engine_thread(tiny_llm):
+    # Catches any path that runs the model on the caller's or a fresh thread (two OpenMP teams).
+    engine_thread = tiny_llm._engine._thread.thread
+    watch = ForwardThreads(tiny_llm.model)
+    try:
+        tiny_llm.generate(PROMPT, max_new_tokens=3)
+        "".join(tiny_llm.stream(PROMPT, max_new_tokens=3))
+        "".join(tiny_llm.chat("Hi", stream=True, max_new_tokens=3))
+        tiny_llm.explain(PROMPT, max_new_tokens=3)
+        list(explain_stream(tiny_llm, PROMPT, max_new_tokens=3))
+        tiny_llm.logit_lens(PROMPT)
+        tiny_llm.run(lambda model, tokenizer: model(torch.tensor([[1, 2]])))
+        explorer = NextTokenExplorer(tiny_llm, PROMPT)
+        explorer.step()
+        explorer.close()
+        panel = LLMPanel(tiny_llm, prompt=PROMPT, max_length=12)
+        assert panel.generate() and panel.wait(60)
+        panel.close()
+    finally:
+        watch.remove()
+    assert len(watch.names) > 20
+    assert watch.idents == {engine_thread.ident}, set(watch.names)
+
+
+def test_the_torch_thread_setting_of_the_caller_applies_on_the_engine_thread(tiny_llm):
+    # torch.set_num_threads is per OS thread under OpenMP: a notebook's setting must still count.
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert tiny_llm.run(lambda model, tokenizer: torch.get_num_threads()) == 1
+    finally:
+        torch.set_num_threads(before)
+    assert tiny_llm.run(lambda model, tokenizer: torch.get_num_threads()) == before
+
+
+class CallsTheModel(StoppingCriteria):
+    """A callback that calls back into the model, as issue 18's reproduction does."""
+
+    def __init__(self, call) -> None:
+        self.call, self.errors = call, []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        try:
+            self.call()
+        except GenerationError as exc:
+            self.errors.append(exc)
+            raise
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+
+@pytest.mark.parametrize("how", ["stream", "generate", "explain"])
+def test_a_callback_that_calls_the_model_fails_at_once_instead_of_hanging(tiny_llm, how):
+    callback = CallsTheModel(lambda: tiny_llm.generate("hi", max_new_tokens=2))
+    runs = {
+        "stream": lambda: "".join(tiny_llm.stream("Hello", max_new_tokens=5, stopping_criteria=[callback])),
+        "generate": lambda: tiny_llm.generate("Hello", max_new_tokens=5, stopping_criteria=[callback]),
+        "explain": lambda: tiny_llm.explain("Hello", max_new_tokens=5, stopping_criteria=[callback]),
+    }
+    started = time.perf_counter()
+    with pytest.raises(GenerationError, match="inside a running generation"):
+        run_with_deadline(runs[how], seconds=30)
+    assert time.perf_counter() - started < 10
+    assert callback.errors, "the inner call itself must raise"
+    assert not tiny_llm.is_busy
+    assert tiny_llm.generate("Hello", max_new_tokens=2)
+
+
+@pytest.mark.parametrize("inner", ["run", "explain", "close"])
+def test_views_and_close_called_from_a_callback_fail_at_once(tiny_llm, inner):
+    calls = {
+        "run": lambda: tiny_llm.run(lambda model, tokenizer: None),
+        "explain": lambda: tiny_llm.explain("hi", max_new_tokens=1),
+        "close": tiny_llm.close,
+    }
+    callback = CallsTheModel(calls[inner])
+    with pytest.raises(GenerationError, match="inside a running generation|inside a generation callback"):
+        run_with_deadline(lambda: tiny_llm.generate("Hello", max_new_tokens=3, stopping_criteria=[callback]), 30)
+    assert tiny_llm.generate("Hello", max_new_tokens=2), "the object keeps working (and was not closed)"
+
+
+def test_close_ends_the_engine_thread_and_later_calls_say_closed(tiny_model_dir):
+    llm = HuggingFaceLLM(str(tiny_model_dir), dtype="float32")
+    thread = llm._engine._thread.thread
+    assert thread.is_alive()
+    llm.generate(PROMPT, max_new_tokens=2)
+    llm.close()
+    assert not thread.is_alive()
+    with pytest.raises(GenerationError, match="was closed"):
+        llm.generate(PROMPT, max_new_tokens=2)
+    llm.close()  # a second close is harmless
+
+
+def test_close_during_a_stream_in_another_thread_returns_promptly(default_model_dir):
+    llm = HuggingFaceLLM()  # the real model: 200 tokens take seconds, so close() comes mid-run
+    thread = llm._engine._thread.thread
+    started = threading.Event()
+    outcome: dict = {}
+
+    def reader() -> None:
+        try:
+            for _ in llm.stream(PROMPT, max_new_tokens=200, min_new_tokens=200):
+                started.set()
+        except GenerationError as exc:
+            outcome["error"] = exc
+        outcome["stats"] = llm.last_stats
+
+    worker = threading.Thread(target=reader)
+    worker.start()
+    assert started.wait(30)
+    began = time.perf_counter()
+    llm.close()
+    assert time.perf_counter() - began < 10
+    worker.join(30)
+    assert not worker.is_alive() and not thread.is_alive()
+    assert "error" in outcome or outcome["stats"].stopped
+
+
+def test_ctrl_c_while_waiting_leaves_the_engine_thread_running_and_usable(tiny_llm):
+    thread = tiny_llm._engine._thread.thread
+
+    class Interrupts(StoppingCriteria):
+        calls = 0
+
+        def __call__(self, input_ids, scores, **kwargs):
+            Interrupts.calls += 1
+            if Interrupts.calls == 3:
+                _thread.interrupt_main()  # what Jupyter's interrupt button does to the kernel
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    with pytest.raises(KeyboardInterrupt):
+        tiny_llm.generate(PROMPT, max_new_tokens=200, min_new_tokens=200, stopping_criteria=[Interrupts()])
+    assert tiny_llm.last_stats is None or tiny_llm.last_stats.new_tokens < 200
+    assert not tiny_llm.is_busy
+    assert thread.is_alive() and engine_threads().count(thread) == 1
+    assert tiny_llm.generate(PROMPT, max_new_tokens=2)
