@@ -12,20 +12,25 @@ _MATMULS = ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "aten::_w
 
 
 def _profile_steps(llm, steps: int):
+    # On the model thread, where every generate runs (and a second OpenMP team would slow them).
+    return llm.run(_profile_steps_here, steps)
+
+
+def _profile_steps_here(model, tokenizer, steps: int):
     from torch.profiler import ProfilerActivity, profile
     from transformers import DynamicCache
 
-    ids = llm.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
-    cache = DynamicCache(config=llm.model.config)
+    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        out = llm.model(input_ids=ids, cache=cache, use_cache=True)
+        out = model(input_ids=ids, cache=cache, use_cache=True)
         token = out.logits[:, -1:].argmax(-1)
         position = ids.shape[1]
 
         def step() -> None:
             nonlocal token, position
             positions = torch.tensor([position])
-            result = llm.model(
+            result = model(
                 input_ids=token, cache=cache, use_cache=True, cache_position=positions, position_ids=positions[None]
             )
             token = result.logits[:, -1:].argmax(-1)

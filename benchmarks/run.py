@@ -37,6 +37,7 @@ import torch  # noqa: E402
 
 from benchmarks import (  # noqa: E402
     batching,
+    cache_sizes,
     decode_profile,
     generation,
     load_time,
@@ -60,6 +61,7 @@ SECTIONS = [
     threads.threads_section,
     threads.wait_policy_section,
     batching.batch_section,
+    cache_sizes.cache_section,
     overhead.ratio_section,
     overhead.overhead_section,
     decode_profile.profile_section,

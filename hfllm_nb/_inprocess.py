@@ -45,7 +45,9 @@ class InProcessViews:
         """
         from .lookinside import explain
 
-        return explain(self, prompt, max_new_tokens=max_new_tokens, top_k=top_k, sampling_top_k=sampling_top_k, **kw)
+        decode = getattr(self._engine, "decode_options", None)  # compile=True: explain the compiled graph
+        settings = {"max_new_tokens": max_new_tokens, "top_k": top_k, "sampling_top_k": sampling_top_k, **kw}
+        return explain(self, prompt, decode=decode, **settings)
 
     def logit_lens(self, prompt: str):
         """Every layer's next-token guess at every prompt position (``LogitLens``)."""

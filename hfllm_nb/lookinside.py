@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -81,6 +82,18 @@ class StepRecorder(LogitsProcessor, BaseStreamer):
     def end(self) -> None:
         self._pending.clear()  # a step computed past the end (deferred stop checks) is dropped
 
+    def replay(self, output: Any, prompt_length: int) -> None:
+        """Record a finished ``generate(..., output_logits=True)`` step by step, as if it were live."""
+        self._prompt_seen = True
+        new_ids = output.sequences[0, prompt_length:]
+        for step, token_id in enumerate(new_ids.tolist()):
+            self.on_forward(None, None, SimpleNamespace(logits=output.logits[step][:, None, :]))
+            if self.sampling:
+                self(None, output.scores[step])
+            self.put(torch.tensor([token_id]))
+            if token_id == self.tokenizer.pad_token_id and step + 1 < len(new_ids):
+                break  # padding after the end: not generated tokens
+
 
 def _make_token(tokenizer, token_id, is_prompt, probability=None, entropy=None, sampled=None, top=None):
     """An ``ExplainedToken``; ``top`` is (top-k probabilities, their ids) on the CPU."""
@@ -123,19 +136,23 @@ def explain(
     max_new_tokens: int = 20,
     top_k: int = 5,
     sampling_top_k: int | None = None,
+    decode: Callable[[int, int, int], dict] | None = None,
     **generate_kwargs: Any,
 ) -> Explanation:
     """Continue ``prompt`` (greedy unless ``do_sample=True``) and explain every token (``llm.explain``).
 
     ``top_k`` is how many alternatives each token keeps; ``sampling_top_k`` is sampling's top-k;
-    other sampling settings pass through. ``llm.stop()`` ends it within a step.
+    other sampling settings pass through. ``llm.stop()`` ends it within a step. ``decode(batch,
+    prompt_width, new_tokens)`` gives the engine's own generate settings (``llm.explain`` passes
+    them), so a compiled model is explained on the graph its ``generate`` runs.
 
     >>> llm.explain("The capital of France is", max_new_tokens=3)   # doctest: +SKIP
     """
     if sampling_top_k is not None:
         generate_kwargs["top_k"] = sampling_top_k
+    decode = decode or (lambda batch, width, new_tokens: {})
     job = _tokenize(llm, *_check(llm, prompt, None, max_new_tokens, top_k, generate_kwargs))
-    tokens: list[ExplainedToken] = list(llm.run_stream(_explain_job, job, llm.sampling_defaults, True))
+    tokens: list[ExplainedToken] = list(llm.run_stream(_explain_job, job, llm.sampling_defaults, decode))
     text = llm.tokenizer.decode([token.token_id for token in tokens], skip_special_tokens=True)
     settings = {"do_sample": False, **job.options, **({"seed": job.seed} if job.seed is not None else {})}
     return Explanation(tokens, text, settings)
@@ -167,16 +184,20 @@ def explain_stream(
         raise TypeError(f"add_special_tokens must be True or False, not {add_special_tokens!r}.")
     request = _check(llm, prompt, max_length, max_new_tokens, alternatives, generate_kwargs, "alternatives")
     job = _tokenize(llm, *request, add_special_tokens=add_special_tokens)
-    tokens = llm.run_stream(_explain_job, job, llm.sampling_defaults, False, stop_event)
+    tokens = llm.run_stream(_explain_job, job, llm.sampling_defaults, None, stop_event)
     return _timed(llm, job, tokens, stop_event)
 
 
-def _explain_job(model, tokenizer, emit, stop, job: _Job, defaults: dict, prompt: bool, stop_event: Any = None) -> None:
-    """On the model thread: the prompt's tokens (if asked), then each generated one, to ``emit``."""
-    if prompt:
+def _explain_job(model, tokenizer, emit, stop, job: _Job, defaults: dict, decode: Any, stop_event: Any = None) -> None:
+    """On the model thread: the prompt's tokens then each generated one, to ``emit``.
+
+    ``decode`` is the engine's ``decode_options`` for a whole explanation, None for a stream.
+    """
+    if decode is not None:
         for token in _explain_prompt(model, tokenizer, model.device, job):
             emit(token)
-    _generate(model, tokenizer, model.device, job, emit, (stop, stop_event), defaults)
+    options = decode(1, len(job.ids), job.budget) if decode is not None else {}
+    _generate(model, tokenizer, model.device, job, emit, (stop, stop_event), defaults, options)
 
 
 def _timed(llm: HuggingFaceLLM, job: _Job, tokens: Iterator[ExplainedToken], stop_event: Any):
@@ -278,10 +299,14 @@ def _explain_prompt(model: Any, tokenizer: Any, device: torch.device, job: _Job)
     return tokens
 
 
-def _generate(model, tokenizer, device, job: _Job, on_token, stop_events, defaults: dict) -> None:
+def _generate(model, tokenizer, device, job: _Job, on_token, stop_events, defaults: dict, decode: dict) -> None:
     """``model.generate`` with a ``StepRecorder`` attached, on the model thread.
 
-    ``defaults`` are the sampling settings generate() falls back to (``llm.sampling_defaults``).
+    ``defaults`` are the sampling settings generate() falls back to (``llm.sampling_defaults``);
+    ``decode`` the engine's own generate settings for this call (``compile=True``'s static cache
+    and compiled step), so explain runs the very computation generate runs. A forward hook would
+    break that compiled graph, so there the recorder reads the raw logits generate returns at the
+    end instead (the tokens then arrive together).
     """
     options = dict(job.options)
     recorder = StepRecorder(tokenizer, job.top_k, options.get("do_sample", False), on_token)
@@ -302,7 +327,11 @@ def _generate(model, tokenizer, device, job: _Job, on_token, stop_events, defaul
     if "stop_strings" in options:
         options["tokenizer"] = tokenizer  # transformers needs it to match strings
     input_ids = torch.tensor([job.ids], device=device)
-    handle = model.register_forward_hook(recorder.on_forward)
+    replay = bool(decode)
+    if replay:
+        processors.pop()  # the recorder: it reads generate's returned logits and scores instead
+        options.update(decode, return_dict_in_generate=True, output_logits=True, output_scores=recorder.sampling)
+    handle = None if replay else model.register_forward_hook(recorder.on_forward)
     # A seed must not disturb the caller's global random state.
     rng = torch.random.fork_rng([device] if device.type == "cuda" else []) if job.seed is not None else None
     out_of_memory = False
@@ -310,14 +339,18 @@ def _generate(model, tokenizer, device, job: _Job, on_token, stop_events, defaul
         with rng or contextlib.nullcontext(), torch.inference_mode():
             if job.seed is not None:
                 torch.manual_seed(job.seed)
-            model.generate(
+            output = model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=job.budget,
-                logits_processor=processors, stopping_criteria=criteria, streamer=recorder, **options,
+                logits_processor=processors, stopping_criteria=criteria, streamer=None if replay else recorder,
+                **options,
             )  # fmt: skip
+            if replay:
+                recorder.replay(output, len(job.ids))
     except torch.OutOfMemoryError:
         out_of_memory = True  # raised below, once the frames holding the cache are gone
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
     if out_of_memory:
         if device.type == "cuda":
             torch.cuda.empty_cache()

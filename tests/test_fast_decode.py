@@ -173,3 +173,17 @@ def test_default_model_fast_path_gives_the_same_greedy_text_in_float32(default_m
         expected = plain.generate(prompt, max_new_tokens=24, min_new_tokens=24)
         assert fast.generate(prompt, max_new_tokens=24, min_new_tokens=24) == expected
     assert compiled_graphs() == before
+
+
+def test_explain_on_a_compiled_model_gives_generates_text_and_probabilities(fast_tiny_llm, tiny_llm):
+    # Explaining the uncompiled graph could pick another token where two were all but tied.
+    for prompt in PROMPTS:
+        expected = fast_tiny_llm.generate(prompt, max_new_tokens=10, min_new_tokens=10)
+        explanation = fast_tiny_llm.explain(prompt, max_new_tokens=10, min_new_tokens=10)
+        assert explanation.text == expected
+        new = [token for token in explanation.tokens if not token.is_prompt]
+        eager = [token for token in tiny_llm.explain(prompt, max_new_tokens=10, min_new_tokens=10).tokens]
+        assert len(new) == 10
+        for ours, reference in zip(new, [t for t in eager if not t.is_prompt], strict=True):
+            if ours.token_id == reference.token_id:
+                assert abs(ours.probability - reference.probability) < 1e-4

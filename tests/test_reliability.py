@@ -91,7 +91,7 @@ def test_explain_refuses_beam_search_in_its_own_words(llm):
 
 def test_the_logit_lens_of_200_tokens_grows_memory_by_less_than_300_mb(default_model_dir):
     # Full-vocabulary logits of every layer at once took ~6 MB per prompt token (1.7 GB here).
-    code = f"""
+    code = """
         import resource
         from hfllm_nb import HuggingFaceLLM
         llm = HuggingFaceLLM(dtype="float32")

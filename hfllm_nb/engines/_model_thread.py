@@ -3,9 +3,12 @@
 Why one thread: with OpenMP, every OS thread that runs a parallel torch op gets a team of its
 own. Once a second thread (a stream's, a panel's) has run one, the process holds more OpenMP
 threads than cores, libgomp stops spinning between ops, and every op gets slower (stream and
-panel decoded 1.26× slower than generate). So the engine starts one long-lived thread, loads
-the model there, and every generate, stream, forward pass and view runs there as a job; other
-threads only enqueue jobs and read their results.
+panel decoded 1.26× slower than generate). So in-process engines share one long-lived thread
+(``acquire``/``release``): models load there, and every generate, stream, forward pass and view
+runs there as a job; other threads only enqueue jobs and read their results. One thread for
+all models, not one per model, because a notebook that compares four models side by side
+would otherwise hold four teams; jobs of different models take turns, which costs nothing on
+a CPU whose cores one model already fills. The thread ends when the last model closes.
 
 Waiting is never unbounded on the caller's side: it polls, so Ctrl-C (a KeyboardInterrupt on
 the kernel's main thread) arrives, sets the job's Stop and returns once the job has ended.
@@ -155,3 +158,31 @@ class ModelThread:
             if job is None:
                 return
             job.run()
+
+
+_shared: ModelThread | None = None
+_users = 0
+_shared_lock = threading.Lock()
+
+
+def acquire() -> ModelThread:
+    """The process's model thread, started if no model holds it; pair with ``release``."""
+    global _shared, _users
+    with _shared_lock:
+        if _shared is None:
+            _shared = ModelThread()
+        _users += 1
+        return _shared
+
+
+def release(worker: ModelThread) -> bool:
+    """One model less; the last one ends the thread. True once the thread has ended."""
+    global _shared, _users
+    with _shared_lock:
+        if worker is not _shared:
+            return not worker.thread.is_alive()
+        _users -= 1
+        if _users > 0:
+            return False
+        _shared = None
+    return worker.close()

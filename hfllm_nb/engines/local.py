@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import threading
 import time
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
@@ -14,7 +15,7 @@ import torch
 from .. import _device, _fast_decode, _loading
 from .._streaming import StepWatch, TextEmitter
 from ..errors import GenerationError
-from ._model_thread import ModelThread
+from . import _model_thread
 from .base import LENGTH, STOPPED, Completion, EngineRequest, EngineResult, StopSignal
 
 logger = logging.getLogger("hfllm_nb")
@@ -49,12 +50,13 @@ class LocalEngine:
         load_kwargs: dict[str, Any],
     ) -> None:
         # Everything torch does for this model happens on one thread, loading included (see _model_thread).
-        self._thread = ModelThread()
+        self._close_lock, self._released = threading.Lock(), False
+        self._thread = _model_thread.acquire()
         settings = (device, dtype, quantization_config, device_map, trust_remote_code, compile, load_kwargs)
         try:
             self._thread.call(lambda: self._load(source, *settings))
         except BaseException:
-            self._thread.close()
+            _model_thread.release(self._thread)
             raise
 
     def _load(
@@ -127,13 +129,15 @@ class LocalEngine:
         return (yield from self._thread.stream(lambda emit: self._generate_here(request, emit), request.stop))
 
     def close(self) -> None:
-        """Free the weights on the model thread (after any queued job), then end that thread."""
+        """Free the weights on the model thread (after any queued job); the last model ends the thread."""
         if self._thread.is_current():
             raise GenerationError("close() cannot run inside a generation callback; call it after the run ends.")
-        with contextlib.suppress(GenerationError):  # closed before: nothing left to free
-            self._thread.call(self._free)
-        if not self._thread.close():
-            logger.warning("The model thread did not end within 30 s of close(); it ends with its job.")
+        with self._close_lock:
+            if self._released:
+                return
+            self._released = True
+        self._thread.call(self._free)
+        _model_thread.release(self._thread)
 
     # ----------------------------------------------------------------- look-inside views
 
@@ -144,6 +148,10 @@ class LocalEngine:
     def run_stream(self, fn: Callable[..., T], stop: StopSignal) -> Generator[Any, None, T]:
         """``fn(model, tokenizer, emit, stop)`` on the model thread; yields what it emits."""
         return (yield from self._thread.stream(lambda emit: fn(self._model(), self.tokenizer, emit, stop), stop))
+
+    def decode_options(self, batch: int, prompt_width: int, new_tokens: int) -> dict[str, Any]:
+        """This engine's own generate settings (compile=True: static cache, compiled step); model thread only."""
+        return self._fast.options(batch, prompt_width, new_tokens) if self._fast is not None else {}
 
     def in_model_thread(self) -> bool:
         """True inside a running job (a streamer or stopping-criterion callback): calls from here must fail."""
@@ -221,8 +229,7 @@ class LocalEngine:
         options.pop("stop_strings", None)  # matched by the StepWatch, which records where each row stopped
         options.setdefault("do_sample", False)
         options.setdefault("pad_token_id", self.tokenizer.pad_token_id)
-        if self._fast is not None:
-            options = {**self._fast.options(len(request.token_ids), width, max(request.budgets)), **options}
+        options = {**self.decode_options(len(request.token_ids), width, max(request.budgets)), **options}
         return {"max_new_tokens": max(request.budgets), "stopping_criteria": criteria, **options}
 
     def _run(self, request: EngineRequest, watch: StepWatch, streamer: Any = None) -> torch.Tensor:

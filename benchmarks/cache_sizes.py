@@ -1,0 +1,77 @@
+"""compile=True's static caches: a short prompt after a long one decodes as fast as before it.
+
+transformers alone never shrinks a model's static cache, so after one long prompt every short
+one attended over the long cache's slots. ``_fast_decode.FastDecode`` keeps one cache per size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks import models
+from benchmarks._timing import PROMPT, Report, Settings, best, contention_note, sample, table
+
+LONG_PROMPT_TOKENS = 1350  # the issue's case: past 1024, so the 2048-token cache
+QUICK_LONG_PROMPT_TOKENS = 300  # the --quick tiny model's context is 512
+
+
+def _long_prompt(llm: Any, tokens: int) -> str:
+    words = " ".join(["The printing press changed how knowledge spread across Europe."] * tokens)
+    return llm.tokenizer.decode(llm.tokenizer(words)["input_ids"][:tokens])
+
+
+def _row(report: Report, settings: Settings, config: models.Config, long_tokens: int) -> list[Any]:
+    llm, tokens = config.llm, settings.tokens
+
+    def short() -> str:
+        return llm.generate(PROMPT, max_new_tokens=tokens, min_new_tokens=tokens)
+
+    long_prompt = _long_prompt(llm, long_tokens)
+    expected = short()
+    before = [sample(short)[0] for _ in range(settings.reps + 1)]
+    first_long = sample(lambda: llm.generate(long_prompt, max_new_tokens=4))[0]
+    after = []
+    for _ in range(settings.reps + 1):
+        llm.generate(long_prompt, max_new_tokens=4)
+        after_sample, text = sample(short)
+        after.append(after_sample)
+        report.check(text == expected, f"{config.name}: the short prompt's text changed after a long one")
+    speed_before = tokens / best([s.seconds for s in before])
+    speed_after = tokens / best([s.seconds for s in after])
+    ratio = speed_after / speed_before
+    verdict = "✓" if ratio >= 0.90 else "✗"
+    return [
+        config.name,
+        f"{speed_before:.1f}",
+        f"{speed_after:.1f}",
+        f"{ratio:.2f} {verdict}",
+        f"{first_long.seconds:.1f}",
+        contention_note(before + after),
+    ]
+
+
+def cache_section(report: Report, settings: Settings) -> None:
+    """Short-prompt decode speed before and after a long prompt, per compiled configuration."""
+    wanted = [c for c in models.main_configs(report, settings) if c.kwargs.get("compile")]
+    long_tokens = QUICK_LONG_PROMPT_TOKENS if settings.tiny_fast_model else LONG_PROMPT_TOKENS
+    if not settings.tiny_fast_model:  # the real model's 4-bit too (the quantization section loads it)
+        four_bit = {"quantization_config": {"load_in_4bit": True}, "compile": True}
+        wanted.append(models.load(report, models.Config("4-bit + compile=True", four_bit)))
+    rows = [_row(report, settings, config, long_tokens) for config in wanted if config is not None]
+    report.add(
+        "Static cache sizes (compile=True): short prompts after a long one",
+        table(
+            [
+                "configuration",
+                "short: tok/s before a long prompt",
+                "short: tok/s after it",
+                "after ÷ before (target ≥ 0.90)",
+                f"first {long_tokens}-token prompt, s",
+                "samples",
+            ],
+            rows,
+        )
+        + f"\n\n{settings.tokens} new tokens on the benchmark prompt, best of {settings.reps + 1}; each "
+        f"'after' sample follows a {long_tokens}-token prompt. The first long prompt compiles the decode "
+        "step for its cache size once (logged); later calls of either size reuse their graph and cache.",
+    )
