@@ -90,9 +90,7 @@ class StepRecorder(LogitsProcessor, BaseStreamer):
             self.on_forward(None, None, SimpleNamespace(logits=output.logits[step][:, None, :]))
             if self.sampling:
                 self(None, output.scores[step])
-            self.put(torch.tensor([token_id]))
-            if token_id == self.tokenizer.pad_token_id and step + 1 < len(new_ids):
-                break  # padding after the end: not generated tokens
+            self.put(torch.tensor([token_id]))  # one prompt, so no padding follows the last token
 
 
 def _make_token(tokenizer, token_id, is_prompt, probability=None, entropy=None, sampled=None, top=None):
