@@ -60,17 +60,23 @@ def keep_layer_type_guards(guards: list[Any]) -> list[bool]:
 
 
 def compile_config(device: torch.device) -> Any:
-    """The ``CompileConfig`` for ``device``: CUDA graphs on CUDA, plain inductor elsewhere."""
+    """The ``CompileConfig`` for ``device``: CUDA graphs on CUDA, plain inductor elsewhere.
+
+    Shapes stay static (``dynamic=False``): one graph per batch size and cache size, each compiled
+    on first use. With torch's automatic dynamic shapes the second cache size recompiled the step
+    into one dynamic graph that then served every size, 2.9× slower for short prompts (tiny model,
+    ad-hoc script): the very slowdown the per-size caches exist to avoid.
+    """
     from transformers import CompileConfig
 
     if device.type == "cuda":
-        return CompileConfig()  # transformers' default: inductor with mode="reduce-overhead"
+        return CompileConfig(dynamic=False)  # transformers' default otherwise: inductor, mode="reduce-overhead"
     # "reduce-overhead" means CUDA graphs, which do not exist here; the guard filter is why
     # options (torch.compile takes a mode or options, not both; its default mode is "default").
     if hasattr(torch.compiler, "skip_guard_on_inbuilt_nn_modules_unsafe"):  # a torch with guard filters
-        config = CompileConfig(mode=None, options={"guard_filter_fn": keep_layer_type_guards})
+        config = CompileConfig(mode=None, dynamic=False, options={"guard_filter_fn": keep_layer_type_guards})
     else:
-        config = CompileConfig(mode="default")
+        config = CompileConfig(mode="default", dynamic=False)
     # generate only auto-compiles on accelerators unless told otherwise.
     config._compile_all_devices = True
     return config
@@ -136,13 +142,14 @@ class FastDecode:
         self.compile_config = compile_config(device)
         self.compile_seconds: float | None = None
         self.caches: OrderedDict[tuple[int, int], Any] = OrderedDict()  # (batch, length) -> StaticCache
-        self._lengths_seen: set[int] = set()
+        self._shapes_seen: set[tuple[int, int]] = set()
 
     def cache_length(self, needed: int) -> int:
         """The static cache size for ``needed`` tokens: the next power of two ≥ 256.
 
-        Few distinct sizes mean few compiled graphs (one per size and batch shape, each compiled
-        on its first use); each call gets the smallest size that fits it.
+        Few distinct sizes mean few compiled graphs (one per size and batch size, each compiled
+        on its first use; torch's recompile limit, 8, bounds them, past which it runs uncompiled
+        and says so); each call gets the smallest size that fits it.
         """
         size = MIN_CACHE_LENGTH
         while size < needed:
@@ -163,10 +170,11 @@ class FastDecode:
         key = (batch, length)
         cache = self.caches.pop(key, None)
         if cache is None:
-            if length not in self._lengths_seen and self._lengths_seen:
+            if key not in self._shapes_seen and self._shapes_seen:
                 logger.info(
-                    "First call that needs a %d-token cache: the decode step compiles for this size once "
-                    "(tens of seconds on a CPU); later calls of this size reuse it.",
+                    "First call with %d prompt(s) and a %d-token cache: the decode step compiles for this "
+                    "shape once (tens of seconds on a CPU); later calls of this shape reuse it.",
+                    batch,
                     length,
                 )
             cache = StaticCache(config=self.config, max_cache_len=length)
@@ -175,15 +183,14 @@ class FastDecode:
         else:
             with torch.inference_mode():  # its tensors were made inside generate's inference mode
                 cache.reset()
-        self._lengths_seen.add(length)
+        self._shapes_seen.add(key)
         self.caches[key] = cache
         return cache
 
     def warm_up(self, generate: Any) -> float:
         """Compile the decode step now by calling ``generate(prompt, **kwargs)`` once.
 
-        Batches of two or more prompts compile one more graph on their first call, which
-        then serves every batch size.
+        Other batch sizes and cache sizes compile their own graph on their first call.
         """
         started = time.perf_counter()
         generate(_WARM_UP_PROMPT, max_new_tokens=_WARM_UP_TOKENS, min_new_tokens=_WARM_UP_TOKENS)

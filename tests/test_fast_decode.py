@@ -71,6 +71,8 @@ def test_a_short_prompt_after_a_long_one_decodes_over_a_short_cache_again(tiny_m
     text = llm.generate(PROMPTS[1], max_new_tokens=6, min_new_tokens=6)
     assert cache_of_the_last_call(llm) == (1, MIN_CACHE_LENGTH)
     assert compiled_graphs() == before, "going back to a size used before must not compile again"
+    # Static shapes: the graph of the 256-token cache is the one that ran, not a dynamic one.
+    assert compile_config(torch.device("cpu")).dynamic is False
     llm.close()
     plain = HuggingFaceLLM(str(folder), dtype="float32")
     assert text == plain.generate(PROMPTS[1], max_new_tokens=6, min_new_tokens=6)
@@ -97,9 +99,11 @@ def test_prompts_of_other_lengths_reuse_the_warmed_up_graph(fast_tiny_llm):
 
 def test_batches_and_streams_match_the_uncompiled_path(fast_tiny_llm, tiny_llm):
     assert fast_tiny_llm.generate(PROMPTS, max_new_tokens=6) == tiny_llm.generate(PROMPTS, max_new_tokens=6)
-    # One more graph serves every batch size (the batch dimension turns dynamic).
-    before = compiled_graphs()
     assert fast_tiny_llm.generate(PROMPTS[:2], max_new_tokens=6) == tiny_llm.generate(PROMPTS[:2], max_new_tokens=6)
+    # Each batch size compiled once (static shapes); the same sizes again compile nothing.
+    before = compiled_graphs()
+    assert fast_tiny_llm.generate(PROMPTS[::-1], max_new_tokens=6) == tiny_llm.generate(PROMPTS[::-1], max_new_tokens=6)
+    assert fast_tiny_llm.generate(PROMPTS[1:], max_new_tokens=6) == tiny_llm.generate(PROMPTS[1:], max_new_tokens=6)
     assert compiled_graphs() == before
     streamed = "".join(fast_tiny_llm.stream(PROMPTS[1], max_new_tokens=8))
     assert streamed == tiny_llm.generate(PROMPTS[1], max_new_tokens=8, return_full_text=False)
@@ -159,7 +163,7 @@ def test_a_second_compiled_model_with_other_layer_types_gets_its_own_graph(tiny_
 def test_cpu_compile_skips_guards_on_torchs_own_modules():
     # Without it every compiled decode step re-checks one guard per parameter (~3 ms of ~17).
     config = compile_config(torch.device("cpu"))
-    assert config.mode is None
+    assert config.mode is None and config.dynamic is False
     assert config.options["guard_filter_fn"] is keep_layer_type_guards
 
 

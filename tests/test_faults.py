@@ -62,12 +62,15 @@ def inject(monkeypatch, llm, step: int, error: BaseException | None = None, acti
 
 
 def generation_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "hfllm_nb-generate"]
+    """Threads a run left behind: anything of ours but the one model thread and memory readouts."""
+    kept = ("hfllm_nb-engine", "hfllm_nb-memory")
+    return [t for t in threading.enumerate() if t.name.startswith("hfllm_nb") and t.name not in kept]
 
 
 def assert_usable(llm, baseline) -> None:
     assert not llm.is_busy, "the lock was left held"
     assert not generation_threads(), "a generation thread is still running"
+    assert llm._engine._thread.thread.is_alive(), "the model thread must outlive a failed run"
     assert llm.generate(PROMPT, max_new_tokens=6) == baseline
 
 

@@ -15,7 +15,7 @@ from hfllm_nb import LLMPanel
 PROMPTS = ["The capital of France is", "Once upon a time,", "def fibonacci(n):", "Water boils at"]
 PROMPT = PROMPTS[0]
 MIB = 2**20
-OUR_THREADS = ("hfllm_nb-generate", "hfllm_nb-panel", "hfllm_nb-memory")
+OUR_THREADS = ("hfllm_nb-engine", "hfllm_nb-panel", "hfllm_nb-memory")
 
 
 def rss() -> int:
@@ -115,7 +115,7 @@ def test_closing_a_panel_mid_generation_ends_its_thread_and_memory_timer(llm):
     panel = LLMPanel(llm, prompt=PROMPT, max_length=llm.count_tokens(PROMPT) + 300, memory_interval=0.05)
     assert panel.generate()
     wait_until(lambda: panel.result_text)
-    assert {"hfllm_nb-panel", "hfllm_nb-generate", "hfllm_nb-memory"} <= set(our_threads())
+    assert {"hfllm_nb-panel", "hfllm_nb-engine", "hfllm_nb-memory"} <= set(our_threads())
     started = time.perf_counter()
     panel.close()
     assert time.perf_counter() - started < 10
