@@ -39,6 +39,7 @@ from benchmarks import (  # noqa: E402
     batching,
     decode_profile,
     generation,
+    gpu_figures,
     load_time,
     machine,
     overhead,
@@ -64,6 +65,7 @@ SECTIONS = [
     overhead.overhead_section,
     decode_profile.profile_section,
     remote_engine.remote_section,
+    gpu_figures.gpu_section,  # no GPU here: the committed figures of benchmarks/gpu_check.py, or how to make them
 ]
 
 
