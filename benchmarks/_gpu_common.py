@@ -57,12 +57,20 @@ class Plan:
     def gpu(cls, budget_s: float) -> Plan:
         needs = {"environment": 10, "imports": 40, "correctness": 40, "device_map": 20, "speed": 90}
         needs |= {"memory": 15, "bitsandbytes": 60, "compile": 200, "tests": 45}
-        return cls(False, SMOLLM2_1_7B, "SmolLM2-1.7B shape", 128, 3, 32, 16, 4 << 30, budget_s, ("tests",), 150, needs)
+        return cls(
+            dry_run=False, speed_shape=SMOLLM2_1_7B, speed_name="SmolLM2-1.7B shape", tokens=128, reps=3,
+            quant_tokens=32, text_tokens=16, bandwidth_bytes=4 << 30, budget_s=budget_s, tests=("tests",),
+            test_seconds=150, needs=needs,
+        )  # fmt: skip
 
     @classmethod
     def cpu_dry_run(cls, budget_s: float) -> Plan:
+        """Every code path on tiny sizes; a few tests only (the OOM one, and a file whose import needs ipywidgets)."""
         tests = ("tests/test_llm.py", "tests/test_memory.py", "-k", "out_of_memory or gpu_readings")
-        return cls(True, TINY, "tiny (dry run)", 8, 1, 4, 6, 64 << 20, budget_s, tests, 120, {})
+        return cls(
+            dry_run=True, speed_shape=TINY, speed_name="tiny (dry run)", tokens=8, reps=1, quant_tokens=4,
+            text_tokens=6, bandwidth_bytes=64 << 20, budget_s=budget_s, tests=tests, test_seconds=120,
+        )  # fmt: skip
 
 
 class Skip(Exception):

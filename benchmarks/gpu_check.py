@@ -11,7 +11,7 @@ weights' values, and ``min_new_tokens`` fixes the length, so random weights time
 The GPU machine has Python with torch, transformers, accelerate, safetensors, tokenizers,
 nvidia-ml-py, psutil and pytest, but no network, no default model and no ipywidgets, gguf,
 openai, bitsandbytes or torchao. So the command brings (carries) the folder ``.gpu/``
-(git-ignored), filled here, where there is network, by one command (≈ 47 MB)::
+(git-ignored), filled here, where there is network, by one command (45 MB)::
 
     bash benchmarks/gpu_check.sh --pack   # .gpu/tokenizer: SmolLM2's tokenizer (3.5 MB);
                                           # .gpu/wheels: bitsandbytes 0.50.2 (43 MB, CUDA 13 kernels)
@@ -89,7 +89,7 @@ def write_report(path: Path, ctx: Context, sections: list[Section], header: str)
     from benchmarks._timing import table
 
     rows = [[s.title, s.status, f"{s.seconds:.0f}", f"{s.need_s:.0f}" if s.need_s else "—"] for s in sections]
-    parts = [header, table(["section", "status", "seconds", "allowed"], rows)]
+    parts = [header, table(["section", "status", "seconds", "may need s"], rows)]
     for s in sections:
         status = f"**{s.status}** in {s.seconds:.1f} s"
         failed = "".join(f"\n- ✗ {f}" for f in s.failures)
@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # a cast notice on every 8-bit matmul
     with tempfile.TemporaryDirectory(prefix="hfllm-nb-gpu-check-") as work:
         ctx = Context(plan, device, Path(work), find_tokenizer(args.tokenizer), started)
         steps = [

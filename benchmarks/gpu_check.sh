@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check as one command; benchmarks/gpu_check.py says what it checks and measures.
 #   bash benchmarks/gpu_check.sh --pack   here (network, default model installed): fill .gpu/ to carry (~47 MB)
-#   bash benchmarks/gpu_check.sh [ARGS]   on the GPU machine, .gpu/ carried: writes $OUT/gpu_check.md and .json
+#   bash benchmarks/gpu_check.sh [ARGS]   on the GPU machine, .gpu/ carried: writes $OUT/gpu_check.{md,json,log}
 # The GPU image has no network and no pip index: carried wheels are unpacked (a wheel is a zip)
 # into a private folder on PYTHONPATH, so nothing of the image's own Python changes.
 set -euo pipefail
@@ -27,7 +27,9 @@ for wheel in "$CARRY"/wheels/*.whl; do
   [ -e "$wheel" ] && "$PY" -m zipfile -e "$wheel" "$SITE"
 done
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-OUTPUT=${OUT:-${TMPDIR:-/tmp}/hfllm-nb-gpu-check}/gpu_check.md
+OUTDIR=${OUT:-${TMPDIR:-/tmp}/hfllm-nb-gpu-check}
+mkdir -p "$OUTDIR"
+if command -v nvidia-smi >/dev/null; then nvidia-smi > "$OUTDIR/nvidia-smi.txt" 2>&1 || true; fi
 # 8 minutes in all: the script plans for 450 s; SIGINT at 470 s still writes the report so far.
-exec timeout --signal=INT --kill-after=20 "${HFLLM_NB_GPU_WALL_S:-470}" \
-  "$PY" benchmarks/gpu_check.py --output "$OUTPUT" "$@"
+timeout --signal=INT --kill-after=20 "${HFLLM_NB_GPU_WALL_S:-470}" \
+  "$PY" benchmarks/gpu_check.py --output "$OUTDIR/gpu_check.md" "$@" 2>&1 | tee "$OUTDIR/gpu_check.log"
