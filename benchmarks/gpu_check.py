@@ -11,16 +11,19 @@ weights' values, and ``min_new_tokens`` fixes the length, so random weights time
 The GPU machine has Python with torch, transformers, accelerate, safetensors, tokenizers,
 nvidia-ml-py, psutil and pytest, but no network, no default model and no ipywidgets, gguf,
 openai, bitsandbytes or torchao. So the command brings (carries) the folder ``.gpu/``
-(git-ignored), filled here, where there is network, by one command (45 MB)::
+(git-ignored, ~48 MiB of the 64 MiB a run may carry), filled here, where there is network::
 
-    bash benchmarks/gpu_check.sh --pack   # .gpu/tokenizer: SmolLM2's tokenizer (3.5 MB);
-                                          # .gpu/wheels: bitsandbytes 0.50.2 (43 MB, CUDA 13 kernels)
+    bash benchmarks/gpu_check.sh --pack   # .gpu/tokenizer: SmolLM2's tokenizer (3.4 MiB);
+                                          # .gpu/wheels: bitsandbytes 0.50.2 (41 MiB, CUDA 13 kernels)
+                                          #   and ipywidgets 8 with its pure-Python dependencies (4 MiB)
 
-The tokenizer is the real default model's, carried rather than committed or invented, so the
-tiny-model tests run on the GPU exactly as here. Then on the GPU machine, from the repository root::
+The tokenizer is the real default model's, carried rather than committed (3.4 MiB) or invented,
+so the tiny-model tests run on the GPU exactly as here. Then on the GPU machine, from the
+repository root (the wrapper unpacks the wheels into a folder on PYTHONPATH)::
 
-    bash benchmarks/gpu_check.sh          # writes $OUT/gpu_check.md and $OUT/gpu_check.json
+    bash benchmarks/gpu_check.sh          # writes $OUT/gpu_check.md, .json and .log
 
+Without ``.gpu/wheels`` the bitsandbytes section and the widget checks are skipped, with that reason.
 To update the published figures, copy that gpu_check.md to ``benchmarks/results/gpu_check.md``
 and run ``python benchmarks/gpu_figures.py`` (it rewrites the GPU section of docs/benchmarks.md).
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check as one command; benchmarks/gpu_check.py says what it checks and measures.
-#   bash benchmarks/gpu_check.sh --pack   here (network, default model installed): fill .gpu/ to carry (~47 MB)
+#   bash benchmarks/gpu_check.sh --pack   here (network, default model installed): fill .gpu/ to carry (~48 MiB)
 #   bash benchmarks/gpu_check.sh [ARGS]   on the GPU machine, .gpu/ carried: writes $OUT/gpu_check.{md,json,log}
 # The GPU image has no network and no pip index: carried wheels are unpacked (a wheel is a zip)
 # into a private folder on PYTHONPATH, so nothing of the image's own Python changes.
@@ -9,11 +9,17 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 CARRY=.gpu
 BNB_WHEEL="bitsandbytes==0.50.2"  # 43 MB, kernels for CUDA 11.8 to 13.2; torch >= 2.4, numpy, packaging
+WIDGETS="ipywidgets==8.1.9"
 
 if [ "${1:-}" = --pack ]; then
   mkdir -p "$CARRY/wheels"
-  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_24_x86_64 "$BNB_WHEEL" -d "$CARRY/wheels"
+  wheels=(-q --only-binary=:all: --python-version 3.12 --implementation cp -d "$CARRY/wheels")
+  "$PY" -m pip download "${wheels[@]}" --no-deps --platform manylinux_2_24_x86_64 "$BNB_WHEEL"
+  # ipywidgets and its pure-Python dependencies (~4 MB): the MemoryMonitor widget and the widget
+  # tests then run on the GPU too. psutil and typing_extensions are in the image already.
+  "$PY" -m pip download "${wheels[@]}" --platform manylinux2014_x86_64 --platform any "$WIDGETS"
+  # Not imported at run time: jedi (IPython completion, 4.7 MB), widgetsnbextension (Jupyter's JavaScript).
+  rm -f "$CARRY"/wheels/{psutil,typing_extensions,jedi,parso,widgetsnbextension}-*.whl
   PYTHONPATH="$PWD" "$PY" -c "import sys; from benchmarks.gpu_check import pack_tokenizer; pack_tokenizer(sys.argv[1])" \
     "$CARRY/tokenizer"
   size=$(du -sm "$CARRY" | cut -f1)

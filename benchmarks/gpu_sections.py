@@ -97,44 +97,43 @@ def environment_section(ctx: Context, out: Section) -> None:
 
 
 _IMPORT_PROBE = """
-import json, sys, time
+import importlib.util, json, sys, time
 started = time.perf_counter()
 import hfllm_nb, hfllm_nb.memory
 from hfllm_nb import HuggingFaceLLM
 seconds = time.perf_counter() - started
-optional = set(sys.argv[3].split(","))
-loaded = lambda: sorted({m.split(".")[0] for m in sys.modules} & optional)
-after_import = loaded()
 llm = HuggingFaceLLM(sys.argv[1], device=sys.argv[2], dtype="float32")
 text = llm.generate("Hello", max_new_tokens=2, min_new_tokens=2)
-print(json.dumps({"seconds": seconds, "after_import": after_import, "after_generate": loaded(), "text": text}))
+visible = [m for m in sys.argv[3].split(",") if importlib.util.find_spec(m) is not None]
+print(json.dumps({"seconds": seconds, "text": text, "visible": visible}))
 """
 
 
 def imports_section(ctx: Context, out: Section) -> None:
-    """In a fresh Python: import the core, load and generate, and list which optional packages got imported."""
+    """The core imports, loads and generates with every optional package hidden, in a fresh Python;
+    in this one, where they may be installed, loading and generating imports none of them."""
+    from hfllm_nb import HuggingFaceLLM
+
     command = [sys.executable, "-c", _IMPORT_PROBE, str(tiny_model(ctx)), str(ctx.device), ",".join(OPTIONAL)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=child_env())
-    if not out.check(done.returncode == 0, f"import/load/generate in a fresh Python failed: {done.stderr[-1500:]}"):
+    env = child_env(HFLLM_NB_HIDE_MODULES=",".join(OPTIONAL))
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "benchmarks" / "_hide_modules"), env["PYTHONPATH"]])
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    if not out.check(done.returncode == 0, f"import/load/generate without them failed: {done.stderr[-1500:]}"):
         return
     probe = json.loads(done.stdout.strip().splitlines()[-1])
-    out.figures.update(probe)
-    out.check(not probe["after_import"], f"`import hfllm_nb` imported {probe['after_import']}")
-    leaked = sorted(set(probe["after_generate"]) & set(NEVER_IMPORTED))
+    out.check(probe["visible"] == [], f"hiding failed, still visible: {probe['visible']}")
+    with HuggingFaceLLM(str(tiny_model(ctx)), device=ctx.device, dtype="float32") as llm:
+        llm.generate("Hello", max_new_tokens=2, min_new_tokens=2)
+    installed = [m for m in NEVER_IMPORTED if importlib.util.find_spec(m) is not None]
+    leaked = sorted({m.split(".")[0] for m in sys.modules} & set(NEVER_IMPORTED))
     out.check(not leaked, f"loading and generating imported {leaked}")
+    out.figures.update(import_seconds=probe["seconds"], installed_here=installed, imported_here=leaked)
     out.body = (
-        table(
-            ["step", "optional packages imported", "seconds"],
-            [
-                [
-                    "`import hfllm_nb`, `hfllm_nb.memory`",
-                    ", ".join(probe["after_import"]) or "none",
-                    f"{probe['seconds']:.1f}",
-                ],
-                [f"+ load the tiny model on {ctx.device}, generate", ", ".join(probe["after_generate"]) or "none", "—"],
-            ],
-        )
-        + f"\n\nOptional packages looked for: {', '.join(OPTIONAL)}."
+        f"A fresh Python with {', '.join(OPTIONAL)} hidden imported `hfllm_nb` and `hfllm_nb.memory` in "
+        f"**{probe['seconds']:.1f} s**, loaded the tiny model on {ctx.device} and generated {probe['text']!r}. "
+        f"In this process, where {', '.join(installed) or 'none of them'} "
+        f"{'is' if len(installed) == 1 else 'are'} installed, loading and generating imported "
+        f"{', '.join(leaked) or 'none'} of {', '.join(NEVER_IMPORTED)}."
     )
 
 
@@ -222,11 +221,44 @@ def memory_section(ctx: Context, out: Section) -> None:
         rows.append(["generation peak: PeakTracker vs last_stats", *_mib(peak.gpu_allocated[index], exact)])
     else:
         out.check(stats.peak_gpu_memory is None, "a CPU generation reported a GPU peak")
+    rows += _monitor_rows(ctx, out, llm)
     out.body = (
         table(["reading", "hfllm_nb.memory", "reference", "Δ"], rows)
         + f"\n\nWhat `MemoryMonitor` shows, from `hfllm_nb.memory.read_memory()` with the bf16 model "
         f"loaded:\n\n```\n{memory.read_memory()}\n```"
     )
+
+
+def _monitor_rows(ctx: Context, out: Section, llm: Any) -> list[list[str]]:
+    """The MemoryMonitor widget itself, where ipywidgets is installed (``--pack`` carries it to the GPU)."""
+    if importlib.util.find_spec("ipywidgets") is None:
+        out.figures["monitor"] = "not checked: ipywidgets is not installed"
+        return [["MemoryMonitor widget", "not checked: no ipywidgets", "—", "—"]]
+    from hfllm_nb.memory import format_bytes
+    from hfllm_nb.monitor import MemoryMonitor
+
+    monitor = MemoryMonitor(interval=3600.0, llm=llm)  # refreshed by hand below, not by its thread
+    try:
+        snapshot = monitor.refresh()
+        allocated = [torch.cuda.memory_allocated(g.index) for g in snapshot.gpus]
+        with monitor.track() as tracking:
+            llm.generate(PROMPTS[0], max_new_tokens=16, min_new_tokens=16)
+        text, peak, exact = monitor.text, tracking.peak, llm.last_stats.peak_gpu_memory
+    finally:
+        monitor.close()
+    out.figures["monitor"] = {"text": text, "peak_gpu_allocated": list(peak.gpu_allocated) if peak else None}
+    out.check(f"Process RSS: {format_bytes(snapshot.host.rss)}" in text, f"the widget's text: {text!r}")
+    out.check(peak is not None and "Peak during last generation" in text, "the widget showed no peak")
+    rows = [["MemoryMonitor: process RSS row", format_bytes(snapshot.host.rss), "—", "—"]]
+    for gpu, expected in zip(snapshot.gpus, allocated, strict=True):
+        out.check(gpu.detail in text, f"GPU {gpu.index}'s row does not show {gpu.detail!r}")
+        out.check(gpu.allocated == expected, f"widget read {gpu.allocated}, torch {expected}")
+        rows.append([f"MemoryMonitor: GPU {gpu.index} allocated vs torch", *_mib(gpu.allocated, expected)])
+    if ctx.device.type == "cuda" and peak is not None:
+        shown = peak.gpu_allocated[ctx.device.index]
+        out.check(exact is not None and shown >= exact, f"widget peak {shown} < last_stats peak {exact}")
+        rows.append(["MemoryMonitor: generation peak vs last_stats", *_mib(shown, exact)])
+    return rows
 
 
 def _mib(a: int | None, b: int | None) -> list[str]:
