@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     import torch
 
-    from benchmarks import gpu_sections, gpu_speed
+    from benchmarks import gpu_sections, gpu_speed, gpu_tests
 
     if not args.cpu_dry_run and not torch.cuda.is_available():
         parser.error("no CUDA device here: run on a GPU machine, or pass --cpu-dry-run")
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             ("Memory readouts against torch and nvidia-smi", gpu_sections.memory_section),
             ("bitsandbytes 8-bit and 4-bit", gpu_speed.bitsandbytes_section),
             (f"Decode speed, compile=True ({plan.speed_name})", gpu_speed.compile_section),
-            ("Tests that need no missing package", gpu_sections.tests_section),
+            ("Tests that need no missing package", gpu_tests.tests_section),
         ]
         try:
             ok = run_sections(ctx, steps, args.output)

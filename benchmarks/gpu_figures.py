@@ -28,7 +28,7 @@ def gpu_markdown(result: Path = RESULT) -> str:
         "decoding of a SmolLM2-1.7B-shaped model eager, with `compile=True` and with bitsandbytes "
         "against the HBM bound):\n\n"
         "```\n"
-        "bash benchmarks/gpu_check.sh --pack   # here: the tokenizer and the bitsandbytes wheel into .gpu/\n"
+        "bash benchmarks/gpu_check.sh --pack   # here: the tokenizer, bitsandbytes and ipywidgets into .gpu/\n"
         "bash benchmarks/gpu_check.sh          # there, with .gpu/: writes $OUT/gpu_check.md\n"
         "```\n\n"
         f"Copy its report to `{RESULT.relative_to(ROOT)}` and run `python benchmarks/gpu_figures.py` to put "

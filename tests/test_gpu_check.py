@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import gpu_figures, gpu_sections  # noqa: E402
+from benchmarks import gpu_figures, gpu_sections, gpu_tests  # noqa: E402
 from benchmarks._gpu_common import TOKENIZER_ENV, Section  # noqa: E402
 from hfllm_nb.memory import GPUMemory  # noqa: E402
 
@@ -91,11 +91,11 @@ def test_gpu_check_dry_run_runs_the_oom_test_and_excludes_only_tests_that_need_a
 
 
 def test_a_failure_counts_as_excluded_only_for_a_package_this_machine_lacks(monkeypatch):
-    assert gpu_sections._exclusion("E   ModuleNotFoundError: No module named 'json'") is None  # installed
-    assert gpu_sections._exclusion("E   AssertionError: assert 'a' == 'b'") is None
-    monkeypatch.setattr(gpu_sections.importlib.util, "find_spec", lambda name: None)
+    assert gpu_tests._exclusion("E   ModuleNotFoundError: No module named 'json'") is None  # installed
+    assert gpu_tests._exclusion("E   AssertionError: assert 'a' == 'b'") is None
+    monkeypatch.setattr(gpu_tests.importlib.util, "find_spec", lambda name: None)
     missing = "E   ModuleNotFoundError: No module named 'ipywidgets.widgets'"
-    assert gpu_sections._exclusion(missing) == "needs ipywidgets"
+    assert gpu_tests._exclusion(missing) == "needs ipywidgets"
 
 
 def test_docs_benchmarks_carries_the_generated_gpu_section():
