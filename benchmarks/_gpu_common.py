@@ -61,7 +61,7 @@ class Plan:
         needs |= {"memory": 15, "bitsandbytes": 60, "compile": 200, "tests": 45}
         return cls(
             dry_run=False, speed_shape=SMOLLM2_1_7B, speed_name="SmolLM2-1.7B shape", tokens=128, reps=3,
-            quant_tokens=32, text_tokens=16, bandwidth_bytes=4 << 30, budget_s=budget_s, tests=("tests",),
+            quant_tokens=32, text_tokens=16, bandwidth_bytes=2 << 30, budget_s=budget_s, tests=("tests",),
             test_seconds=150, needs=needs,
         )  # fmt: skip
 

@@ -54,16 +54,20 @@ def speed_model(ctx: Context) -> Path:
     return ctx.state["speed_dir"]
 
 
-def read_bandwidth(device: torch.device, nbytes: int, reps: int = 5) -> float:
-    """Bytes/s of reading ``nbytes`` of bf16 (a float32-accumulated sum), best of ``reps`` after a warm-up."""
+def read_bandwidth(device: torch.device, nbytes: int, reps: int = 5, sums: int = 10) -> float:
+    """Bytes/s of reading ``nbytes`` of bf16 (float32-accumulated sums), best of ``reps`` after a warm-up.
+
+    Each timing covers ``sums`` back-to-back sums, so one synchronisation's latency hardly counts.
+    """
     data = torch.ones(nbytes // 2, dtype=torch.bfloat16, device=device)
     best = float("inf")
     for _ in range(reps + 1):
         _sync(device)
         started = time.perf_counter()
-        data.sum(dtype=torch.float32)
+        for _ in range(sums):
+            data.sum(dtype=torch.float32)
         _sync(device)
-        best = min(best, time.perf_counter() - started)
+        best = min(best, (time.perf_counter() - started) / sums)
     del data
     return nbytes / best
 

@@ -88,6 +88,7 @@ def test_gpu_check_dry_run_runs_the_oom_test_and_excludes_only_tests_that_need_a
     assert tests["oom_test"] == "passed"
     assert tests["counts"]["passed"] >= 1 and "failed" not in tests["counts"] and "error" not in tests["counts"]
     assert tests["excluded"] == {"needs hypothesis": 1}  # tests/test_properties.py, as a module
+    assert tests["deselected"] > 0  # test_llm.py's tests on the real default model, which is hidden
 
 
 def test_a_failure_counts_as_excluded_only_for_a_package_this_machine_lacks(monkeypatch):
