@@ -40,6 +40,7 @@ from benchmarks import (  # noqa: E402
     cache_sizes,
     decode_profile,
     generation,
+    gpu_figures,
     load_time,
     machine,
     overhead,
@@ -66,6 +67,7 @@ SECTIONS = [
     overhead.overhead_section,
     decode_profile.profile_section,
     remote_engine.remote_section,
+    gpu_figures.gpu_section,  # no GPU here: the committed figures of benchmarks/gpu_check.py, or how to make them
 ]
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from hfllm_nb import HuggingFaceLLM
@@ -24,9 +27,20 @@ def llm(default_model_dir):
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, default_model_dir):
+def tokenizer_dir(request):
+    """SmolLM2's tokenizer: from $HFLLM_NB_TOKENIZER_DIR if set, else the default model's folder.
+
+    benchmarks/gpu_check.py sets it on machines without the default model, which carry only
+    the tokenizer files, so that the tiny-model tests still run there.
+    """
+    carried = os.environ.get("HFLLM_NB_TOKENIZER_DIR")
+    return Path(carried) if carried else request.getfixturevalue("default_model_dir")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer_dir):
     """A 2-layer random Llama with SmolLM2's tokenizer: loads in well under a second."""
-    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), default_model_dir)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer_dir)
 
 
 @pytest.fixture(scope="session")
