@@ -96,7 +96,8 @@ def _rules(scope: str, n: int, cell: int) -> str:
     rules = [
         f".{scope} .hfllm-attn-token{{cursor:pointer;border-radius:3px}}",
         f".{scope} .hfllm-attn-token:hover,.{scope} .hfllm-attn-token:focus{{outline:2px solid #d62728}}",
-        *(f".{scope} .c{level}{{background:rgba({_RGB},{level / 10:.1f})}}" for level in range(11)),
+        # Eleven shades for the text, at most 70% opaque so the token stays legible on the darkest.
+        *(f".{scope} .c{level}{{background:rgba({_RGB},{0.07 * level:.2f})}}" for level in range(11)),
         _when(scope, ".hfllm-attn-token", ".hfllm-attn-hint", "display:none"),
     ]
     for i in range(n):
