@@ -1,9 +1,10 @@
 """A decoding lab: one prompt continued by several decoding strategies, each with its probabilities.
 
-Plain functions, no widgets (``compare_view`` draws). Each lane's text comes from the public
-API, so it is what ``llm.generate(prompt, **lane, return_full_text=False)`` gives: greedy and
-sampling lanes through ``llm.explain`` (the same tokens, with probabilities), beam-search lanes
-through ``llm.generate`` and then one teacher-forced forward pass to score the tokens it chose.
+Plain functions, no widgets (``compare_view`` draws). Each lane's text is what
+``llm.generate(prompt, **lane, return_full_text=False)`` gives. Greedy and sampling lanes run
+through ``lookinside.explain_stream`` (generate with each token's probability recorded; unlike
+``llm.explain`` it passes a sampling ``top_k`` through). Beam search keeps its scores to itself,
+so a beam lane is generated, then scored by one teacher-forced forward pass (``llm.run``).
 """
 
 from __future__ import annotations
@@ -108,10 +109,6 @@ def check_lanes(lanes: Any, in_process: bool) -> dict[str, dict[str, Any]]:
     return checked
 
 
-def _beam(options: dict[str, Any]) -> set[str]:
-    return {"num_beams"} if options.get("num_beams", 1) > 1 else set()
-
-
 def compare(llm: HuggingFaceLLM, prompt: str, lanes: dict[str, dict[str, Any]], max_new_tokens: int = 20) -> Comparison:
     """Continue ``prompt`` with each lane's generate options (``llm.compare``)."""
     if not isinstance(prompt, str):
@@ -127,15 +124,8 @@ def compare(llm: HuggingFaceLLM, prompt: str, lanes: dict[str, dict[str, Any]], 
     checked = check_lanes(lanes, in_process)
     results = {}
     for name, options in checked.items():
-        if not in_process:
-            results[name] = _remote_lane(llm, prompt, name, options, max_new_tokens)
-        elif _beam(options):
-            results[name] = _beam_lane(llm, prompt, name, options, max_new_tokens)
-        else:
-            explanation = llm.explain(prompt, max_new_tokens=max_new_tokens, top_k=_ALTERNATIVES, **options)
-            tokens = explanation.generated
-            text = llm.tokenizer.decode([t.token_id for t in tokens], skip_special_tokens=True)
-            results[name] = Lane(name, options, text, tokens, _total(tokens))
+        run_lane = _remote_lane if not in_process else _beam_lane if _beam(options) else _explained_lane
+        results[name] = run_lane(llm, prompt, name, options, max_new_tokens)
     notes = [] if in_process else ["probabilities need the model in this process; a server sends text only"]
     return Comparison(prompt, results, max_new_tokens, notes)
 
@@ -154,8 +144,25 @@ def _remote_lane(llm: HuggingFaceLLM, prompt: str, name: str, options: dict[str,
     return Lane(name, options, text, tokens, None, "no probabilities: the server sends text only")
 
 
+def _beam(options: dict[str, Any]) -> bool:
+    return options.get("num_beams", 1) > 1
+
+
+def _explained_lane(llm: HuggingFaceLLM, prompt: str, name: str, options: dict[str, Any], budget: int) -> Lane:
+    """Greedy and sampling: the tokens as generated, each recorded with its probability on the way."""
+    from .lookinside import explain_stream  # the facade's module; imported late, as llm.py does
+
+    # generate() samples with transformers' default top_k (50) when none is given; explain_stream
+    # reads the generation config, which leaves it unset, so the default is passed explicitly.
+    defaults = {"top_k": llm.sampling_defaults["top_k"]} if options.get("do_sample") else {}
+    stream = explain_stream(llm, prompt, max_new_tokens=budget, alternatives=_ALTERNATIVES, **{**defaults, **options})
+    tokens = list(stream)
+    text = llm.tokenizer.decode([t.token_id for t in tokens], skip_special_tokens=True)  # as generate decodes
+    return Lane(name, options, text, tokens, _total(tokens))
+
+
 def _beam_lane(llm: HuggingFaceLLM, prompt: str, name: str, options: dict[str, Any], budget: int) -> Lane:
-    """Beam search keeps its scores to itself: generate the text, then score it in one forward pass."""
+    """Beam search keeps its scores to itself: generate's text, then one teacher-forced pass scores it."""
     text = llm.generate(prompt, max_new_tokens=budget, return_full_text=False, **options)
     prompt_ids = llm.tokenizer(prompt)["input_ids"]
     new_ids = llm.tokenizer(text, add_special_tokens=False)["input_ids"]
