@@ -1,6 +1,6 @@
 """How ``Attention`` shows: one layer's heads as small n x n maps, and where a hovered token looks.
 
-Static HTML, no script: each map is an inline PNG (one pixel per weight, scaled up), so even long
+Static HTML, no script: each map is an inline PNG (a square of pixels per weight), so even long
 prompts stay light; hovering or clicking a token shows its row as colour over the text and marks
 that row on every map, through a scoped ``<style>`` block and CSS sibling selectors. A saved
 notebook reopened untrusted drops the ``<style>`` (JupyterLab's sanitizer): the maps and the
@@ -50,11 +50,14 @@ def png(rows: list[list[tuple[int, int, int, int]]]) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
 
 
-def map_png(weights: torch.Tensor) -> bytes:
-    """One head's (n, n) map as a PNG: row i = query token i, column j = key token j."""
+def map_png(weights: torch.Tensor, cell: int = 1) -> bytes:
+    """One head's (n, n) map as a PNG, ``cell`` pixels a side per weight: row i = query token i,
+    column j = key token j. Drawn at full size, so no browser smooths it (a sanitized notebook
+    drops ``image-rendering``)."""
     n = weights.shape[0]
     values = weights.tolist()
-    return png([[_colour(values[i][j]) if j <= i else _MASKED for j in range(n)] for i in range(n)])
+    rows = [[_colour(values[i][j]) if j <= i else _MASKED for j in range(n) for _ in range(cell)] for i in range(n)]
+    return png([row for row in rows for _ in range(cell)])
 
 
 def _top(row: list[float], tokens: list[str], first: int, k: int = 3) -> str:
@@ -135,12 +138,12 @@ def _row(tokens: list[str], mean: list[list[float]], i: int, first: int) -> str:
 
 def _figure(weights: torch.Tensor, head: int, layer: int, cell: int) -> str:
     side = weights.shape[0] * cell
-    data = base64.b64encode(map_png(weights)).decode("ascii")
+    data = base64.b64encode(map_png(weights, cell)).decode("ascii")
     return (
         '<figure class="hfllm-attn-head" style="display:inline-block;margin:4px;text-align:center">'
         f'<div style="position:relative;width:{side}px;height:{side}px;background:#e6e6e6;border:1px solid #999">'
         f'<img class="hfllm-attn-map" src="data:image/png;base64,{data}" width="{side}" height="{side}" '
-        f'alt="layer {layer}, head {head}" style="image-rendering:pixelated;display:block">'
+        f'alt="layer {layer}, head {head}" style="display:block">'
         '<div class="hfllm-attn-mark" style="display:none;position:absolute;left:0;right:0;'
         f'height:{max(cell, 2)}px;outline:2px solid #d62728"></div></div>'
         f'<figcaption style="font-size:11px">head {head}</figcaption></figure>'

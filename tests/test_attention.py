@@ -172,22 +172,28 @@ def maps_in(page: str) -> list[bytes]:
     return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
 
 
+def cell_size(page: str, n: int) -> int:
+    return int(re.search(r'<img class="hfllm-attn-map"[^>]* width="(\d+)"', page)[1]) // n
+
+
 def test_the_view_draws_each_head_as_an_n_by_n_map_with_the_future_empty(attention):
     page = attention.html(layer=3)
     n = len(attention.tokens)
+    cell = cell_size(page, n)
     maps = maps_in(page)
-    assert len(maps) == attention.num_heads
+    assert len(maps) == attention.num_heads and cell > 1
     for head, data in enumerate(maps):
         width, height, pixels = read_png(data)
-        assert (width, height) == (n, n)
+        assert (width, height) == (n * cell, n * cell)
+        grid = [[pixels[i * cell + cell // 2][j * cell + cell // 2] for j in range(n)] for i in range(n)]
+        assert all(pixels[i * cell][j * cell] == grid[i][j] for i in range(n) for j in range(n))  # whole squares
         for i in range(n):
             for j in range(n):
-                alpha = pixels[i][j][3]
-                assert alpha == (0 if j > i else 255), (head, i, j)
-        # Darker = more weight: the darkest pixel of each row is where that row's weight is largest.
+                assert grid[i][j][3] == (0 if j > i else 255), (head, i, j)
+        # Darker = more weight: the darkest square of each row is where that row's weight is largest.
         weights = attention.head(3, head)
         for i in range(n):
-            darkest = min(range(i + 1), key=lambda j: sum(pixels[i][j][:3]))
+            darkest = min(range(i + 1), key=lambda j: sum(grid[i][j][:3]))
             assert weights[i, darkest] == weights[i, : i + 1].max()
     assert "Layer 3 of 0 to 29" in page and "sharing 3 key/value heads" in page
     assert page.count('class="hfllm-attn-token') == n
@@ -198,7 +204,7 @@ def test_hover_rules_show_each_tokens_row_and_move_the_marker_to_it(attention):
     page = attention.html(0)
     scope = re.search(r"hfllm-attn-\d+", page)[0]
     n = len(attention.tokens)
-    cell = int(re.search(r'<img class="hfllm-attn-map"[^>]* width="(\d+)"', page)[1]) // n
+    cell = cell_size(page, n)
     for i in range(n):
         assert f".{scope} .q{i}:hover~* .r{i},.{scope} .q{i}:focus~* .r{i}{{display:block!important}}" in page
         assert f".{scope} .q{i}:hover~* .hfllm-attn-mark" in page and f"top:{i * cell}px" in page
@@ -212,7 +218,7 @@ def test_a_long_prompt_shows_the_last_tokens_and_says_so(llm32, monkeypatch):
     assert page.count('class="hfllm-attn-token') == 4
     assert "Showing the last 4 of 5 tokens" in page
     width, _, _ = read_png(maps_in(page)[0])
-    assert width == 4 and long.weights.shape[-1] == 5  # the object keeps them all
+    assert width == 4 * cell_size(page, 4) and long.weights.shape[-1] == 5  # the object keeps them all
 
 
 def test_model_text_is_escaped_in_the_view(llm32):
