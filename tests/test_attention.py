@@ -25,7 +25,13 @@ def llm32(default_model_dir):
 
 
 @pytest.fixture(scope="module")
-def attention(llm32):
+def implementation(llm32):
+    """The model's attention implementation before any call here ("sdpa" on CPU, maybe another on a GPU)."""
+    return llm32.model.config._attn_implementation
+
+
+@pytest.fixture(scope="module")
+def attention(llm32, implementation):
     return llm32.attention(PROMPT)
 
 
@@ -38,20 +44,20 @@ def test_rows_sum_to_one_and_the_future_is_exactly_zero(attention):
     assert torch.count_nonzero(weights[..., future]) == 0
 
 
-def test_weights_equal_transformers_eager_output_attentions_one_map_per_query_head(llm32, attention):
+def test_weights_equal_transformers_eager_output_attentions_one_map_per_query_head(llm32, attention, implementation):
     model, config = llm32.model, llm32.model.config
-    ids = torch.tensor([llm32.tokenizer(PROMPT)["input_ids"]])
+    ids = torch.tensor([llm32.tokenizer(PROMPT)["input_ids"]], device=llm32.device)
     model.set_attn_implementation("eager")
     try:
         with torch.inference_mode():
             expected = model(input_ids=ids, output_attentions=True, use_cache=False).attentions
     finally:
-        model.set_attn_implementation("sdpa")
+        model.set_attn_implementation(implementation)
     assert attention.weights.shape == (config.num_hidden_layers, config.num_attention_heads, ids.shape[1], ids.shape[1])
     assert config.num_key_value_heads < config.num_attention_heads == attention.num_heads  # GQA: 9 maps, not 3
     assert attention.key_value_heads == config.num_key_value_heads
     for layer, maps in enumerate(expected):
-        assert torch.equal(attention.layer(layer), maps[0].float())
+        assert torch.equal(attention.layer(layer), maps[0].float().cpu())
 
 
 def rotate_half(x):
@@ -65,7 +71,7 @@ def test_layer_zero_equals_a_plain_computation_from_q_k_rotary_and_the_causal_ma
     block = model.model.layers[0]
     heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
     d = model.config.hidden_size // heads
-    ids = torch.tensor([llm32.tokenizer(PROMPT)["input_ids"]])
+    ids = torch.tensor([llm32.tokenizer(PROMPT)["input_ids"]], device=llm32.device)
     n = ids.shape[1]
     with torch.inference_mode():
         x = block.input_layernorm(model.model.embed_tokens(ids))[0]  # (n, hidden)
@@ -73,22 +79,22 @@ def test_layer_zero_equals_a_plain_computation_from_q_k_rotary_and_the_causal_ma
         k = block.self_attn.k_proj(x).view(n, kv_heads, d).transpose(0, 1)  # (kv_heads, n, d)
         # Rotary embedding: rotate each (q, k) pair of dimensions by an angle that grows with position.
         inv_freq = 1.0 / (model.config.rope_parameters["rope_theta"] ** (torch.arange(0, d, 2).float() / d))
-        angles = torch.outer(torch.arange(n).float(), inv_freq)  # (n, d/2)
+        angles = torch.outer(torch.arange(n).float(), inv_freq).to(x.device)  # (n, d/2)
         cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         k = k.repeat_interleave(heads // kv_heads, dim=0)  # each key head serves 3 query heads
         scores = q @ k.transpose(1, 2) / math.sqrt(d)  # (heads, n, n)
-        scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
-        expected = torch.softmax(scores, dim=-1)
+        scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+        expected = torch.softmax(scores, dim=-1).cpu()
     assert torch.allclose(attention.layer(0), expected, atol=1e-4)
 
 
-def test_the_model_keeps_its_own_attention_implementation(llm32, attention):
-    assert llm32.model.config._attn_implementation == "sdpa"
+def test_the_model_keeps_its_own_attention_implementation(llm32, attention, implementation):
+    assert implementation != "eager" and llm32.model.config._attn_implementation == implementation
     assert llm32.generate(PROMPT, max_new_tokens=1) == PROMPT + " Paris"
 
 
-def test_the_implementation_is_restored_when_the_forward_pass_fails(llm32, monkeypatch):
+def test_the_implementation_is_restored_when_the_forward_pass_fails(llm32, implementation, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("forward failed")
 
@@ -96,7 +102,7 @@ def test_the_implementation_is_restored_when_the_forward_pass_fails(llm32, monke
     with pytest.raises(RuntimeError, match="forward failed"):
         llm32.attention(PROMPT)
     monkeypatch.undo()
-    assert llm32.model.config._attn_implementation == "sdpa"
+    assert llm32.model.config._attn_implementation == implementation
 
 
 def test_layer_and_head_pick_maps_and_count_from_the_end(attention):
@@ -138,11 +144,11 @@ def test_bad_prompts_raise_clear_errors_and_the_model_still_works(llm32, prompt,
     assert llm32.attention("Hi").weights.shape[-1] == len(llm32.tokenizer("Hi")["input_ids"])
 
 
-def test_a_prompt_too_long_to_keep_is_refused_naming_the_size(llm32, monkeypatch):
+def test_a_prompt_too_long_to_keep_is_refused_naming_the_size(llm32, implementation, monkeypatch):
     monkeypatch.setattr(attention_module, "MAX_WEIGHT_BYTES", 30 * 9 * 4 * 16)  # 4 tokens at most
     with pytest.raises(ValueError, match=r"pass a prompt of at most 4 tokens"):
         llm32.attention(PROMPT)  # 5 tokens
-    assert llm32.model.config._attn_implementation == "sdpa"
+    assert llm32.model.config._attn_implementation == implementation
 
 
 def test_a_remote_engine_says_it_has_no_weights_here(default_model_dir):

@@ -70,7 +70,7 @@ def test_each_tokens_probability_equals_a_separate_forward_pass(llm32, compariso
     if "num_beams" not in LANES[name]:
         assert len(new_ids) == NEW  # the tokens as generated, not the text split again
     with torch.inference_mode():
-        logits = llm32.model(torch.tensor([prompt_ids + new_ids])).logits[0].float()
+        logits = llm32.model(torch.tensor([prompt_ids + new_ids], device=llm32.device)).logits[0].float().cpu()
     probabilities = torch.softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)  # row i scores new token i
     expected = [float(probabilities[i, token_id]) for i, token_id in enumerate(new_ids)]
     assert [token.probability for token in lane.tokens] == pytest.approx(expected, abs=1e-5)
