@@ -11,6 +11,8 @@ from .stats import GenerationStats
 
 if TYPE_CHECKING:
     from ._quantization import footprint_bytes
+    from .attention import Attention
+    from .compare import Comparison
     from .explain_view import Explanation, LogitLens
     from .explorer import NextTokenExplorer
     from .monitor import MemoryMonitor
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MODEL_NAME",
+    "Attention",
+    "Comparison",
     "Explanation",
     "GenerationError",
     "GenerationStats",
@@ -51,6 +55,14 @@ def __getattr__(name: str) -> Any:
         from ._quantization import footprint_bytes
 
         return footprint_bytes
+    if name == "Attention":
+        from .attention import Attention
+
+        return Attention
+    if name == "Comparison":
+        from .compare import Comparison
+
+        return Comparison
     if name in ("Explanation", "LogitLens"):
         from . import explain_view
 

@@ -55,6 +55,18 @@ class InProcessViews:
 
         return logit_lens(self, prompt)
 
+    def attention(self, prompt: str):
+        """Every layer's and head's attention weights over the prompt (``Attention``), eager for this call."""
+        from .attention import attention
+
+        return attention(self, prompt)
+
+    def compare(self, prompt: str, lanes: dict[str, dict[str, Any]], max_new_tokens: int = 20):
+        """Continue ``prompt`` once per lane of generate options and show them side by side (``Comparison``)."""
+        from .compare import compare
+
+        return compare(self, prompt, lanes, max_new_tokens=max_new_tokens)
+
     def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(model, tokenizer, *args, **kwargs)`` on the model's own thread and return its result.
 

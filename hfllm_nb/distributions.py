@@ -33,19 +33,6 @@ def reshape(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0, t
     return torch.softmax(scores, dim=-1)[0]
 
 
-def top_candidates(
-    logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 10, top_p: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``top_k`` likeliest ids and their probabilities after temperature, top-k and top-p.
-
-    The same numbers as ``reshape`` gives those tokens, but computed on k values instead of the
-    whole vocabulary (temperature keeps the order, so the top-k are the same tokens): quick
-    enough to redraw on every slider move.
-    """
-    values, ids = logits.float().topk(top_k)
-    return ids, reshape(values, temperature=temperature, top_p=top_p)
-
-
 def sampling_warpers(temperature: float, top_k: int | None, top_p: float, min_p: float | None = None) -> list:
     """transformers' sampling warpers for these settings, in the order ``generate`` applies them."""
     from transformers import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import os
 import subprocess
 import sys
 import textwrap
@@ -198,3 +199,38 @@ def test_ctrl_c_while_waiting_leaves_the_engine_thread_running_and_usable(tiny_l
     assert not tiny_llm.is_busy
     assert thread.is_alive() and engine_threads().count(thread) == 1
     assert tiny_llm.generate(PROMPT, max_new_tokens=2)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts OS threads through Linux's /proc")
+def test_no_surface_gives_the_caller_an_openmp_team_of_its_own(default_model_dir):
+    # A parallel torch op on a second OS thread starts a second OpenMP team (one more OS thread
+    # here), and with more OpenMP threads than cores every op slows down (1.26-1.37x measured).
+    code = """
+        import os, torch
+        def threads(): return len(os.listdir("/proc/self/task"))
+        from hfllm_nb import HuggingFaceLLM, NextTokenExplorer
+        llm = HuggingFaceLLM()
+        llm.generate("Hi there", max_new_tokens=4)
+        start = threads()
+        "".join(llm.stream("Hi there", max_new_tokens=4))
+        llm.chat("Hi", max_new_tokens=3)
+        llm.explain("Hi there", max_new_tokens=3)
+        explorer = NextTokenExplorer(llm, "The capital of France is")
+        explorer.temperature = 0.5; explorer.top_p = 0.9; explorer.top_k = 5
+        explorer.step(); explorer.sample(seed=1); explorer.undo(); explorer.candidates; explorer.kept
+        llm.logit_lens("The capital of France is")
+        llm.attention("The capital of France is")
+        llm.compare("The capital", {"g": {}, "s": {"do_sample": True, "seed": 1}}, max_new_tokens=4)
+        panel = llm.panel(prompt="Hi there", max_length=12, probabilities=True)
+        assert panel.generate() and panel.wait(60)
+        panel.close()
+        after = threads()
+        torch.randn(200_000).mul_(2)  # the control: the same measure sees a caller's own team
+        print(start, after, threads())
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    start, after, control = map(int, result.stdout.split()[-3:])
+    assert after == start, f"{after - start} more OS threads: a surface ran torch on the caller's thread"
+    if torch.get_num_threads() > 1:
+        assert control > after, "the control op should have started a team (is the measure blind?)"

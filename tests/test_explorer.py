@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import time
 
 import pytest
@@ -28,7 +29,7 @@ def greedy_one(llm32):
 
 @pytest.fixture(scope="module")
 def shared_explorer(llm32):
-    widget = NextTokenExplorer(llm32, PROMPT, top_k=10)
+    widget = NextTokenExplorer(llm32, PROMPT)
     yield widget
     widget.close()
 
@@ -37,7 +38,8 @@ def shared_explorer(llm32):
 def explorer(shared_explorer):
     """One widget for the module (building one reads the prompt), back at the prompt for each test."""
     shared_explorer.reset()
-    shared_explorer.temperature, shared_explorer.top_p, shared_explorer.top_k = 1.0, 1.0, 10
+    shared_explorer.temperature, shared_explorer.top_p, shared_explorer.top_k = 1.0, 1.0, None
+    shared_explorer.bar_count = 10
     shared_explorer.error.value = ""
     return shared_explorer
 
@@ -58,6 +60,50 @@ class ForwardCounter:
 
     def __exit__(self, *exc):
         self.handle.remove()
+
+
+def model_logits(llm, text):
+    """The next-token logits from a forward pass of its own, float32 on the CPU."""
+    with torch.inference_mode():
+        ids = torch.tensor([llm.tokenizer(text)["input_ids"]], device=llm.device)
+        return llm.model(ids).logits[0, -1].float().cpu()
+
+
+def test_default_bars_are_the_models_own_probabilities(llm32, explorer):
+    probabilities = torch.softmax(model_logits(llm32, PROMPT), dim=-1)
+    top = probabilities.topk(10)
+    assert [i for i, _, _ in explorer.candidates] == top.indices.tolist()
+    assert [p for _, _, p in explorer.candidates] == pytest.approx(top.values.tolist(), abs=1e-6)
+    assert explorer.raw_candidates == explorer.candidates
+    assert explorer.kept is None and "model's own probability" in html.unescape(explorer.status.value)
+    paris = explorer.bars.children[0].number.value
+    assert f"{100 * top.values[0]:.3g}%" in paris and "model:" not in paris  # one number: the model's
+
+
+def test_a_top_k_filter_renormalises_says_so_and_keeps_the_raw_numbers(llm32, explorer):
+    logits = model_logits(llm32, PROMPT)
+    explorer.top_k = 5
+    top = logits.topk(10)
+    expected = torch.softmax(top.values[:5], dim=-1).tolist() + [0.0] * 5
+    assert [p for _, _, p in explorer.candidates] == pytest.approx(expected, abs=1e-6)
+    raw = torch.softmax(logits, dim=-1)[top.indices].tolist()
+    assert [p for _, _, p in explorer.raw_candidates] == pytest.approx(raw, abs=1e-6)
+    assert explorer.kept == 5
+    assert "renormalised over 5 tokens (top_k=5)" in explorer.status.value
+    assert "model:" in explorer.bars.children[0].number.value  # both numbers shown
+    assert "cut by top-k" in explorer.bars.children[5].button.tooltip
+
+
+def test_top_k_in_the_constructor_is_samplings_top_k_and_bars_sets_how_many_show(llm32):
+    widget = NextTokenExplorer(llm32, PROMPT, top_k=3, bars=6)
+    try:
+        probabilities = [p for _, _, p in widget.candidates]
+        assert len(probabilities) == 6 and widget.top_k == 3 and widget.kept == 3
+        assert sum(probabilities[:3]) == pytest.approx(1.0, abs=1e-6) and probabilities[3:] == [0.0] * 3
+        shown = [bar for bar in widget.bars.children if bar.layout.display != "none"]
+        assert len(shown) == 6
+    finally:
+        widget.close()
 
 
 def test_choosing_the_top_candidate_n_times_equals_generate(llm32, explorer):
@@ -113,11 +159,12 @@ def test_temperature_reshapes_the_cached_logits_without_running_the_model(llm32,
     # Over the whole vocabulary: exactly softmax(logits / 0.5).
     full = explorer.stepper.distribution(0.5, 0, 1.0)
     assert torch.allclose(full, torch.softmax(logits / 0.5, dim=-1), atol=1e-5)
-    # The bars: the top-k of those, renormalised (sampling's top-k filter).
+    # The bars: the ten likeliest of those, not renormalised (no sampling filter is on).
     top = logits.topk(10)
-    expected = torch.softmax(top.values / 0.5, dim=-1)
+    expected = torch.softmax(logits / 0.5, dim=-1)[top.indices]
     assert [i for i, _, _ in explorer.candidates] == top.indices.tolist()
-    assert [p for _, _, p in explorer.candidates] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert [p for _, _, p in explorer.candidates] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert "softmax(logits / 0.5), over the whole vocabulary" in explorer.status.value
 
 
 def test_top_p_keeps_the_smallest_likely_set_and_greys_the_rest(explorer):
@@ -128,7 +175,8 @@ def test_top_p_keeps_the_smallest_likely_set_and_greys_the_rest(explorer):
     assert sum(kept) == pytest.approx(1.0, abs=1e-5)
     assert probabilities == sorted(probabilities, reverse=True)
     cut = explorer.bars.children[len(kept)]
-    assert cut.button.button_style == "" and "cut by top-p" in cut.button.tooltip
+    assert cut.button.button_style == "" and "cut by top-k / top-p" in cut.button.tooltip
+    assert f"renormalised over {len(kept)} tokens (top_p=0.5)" in explorer.status.value
     assert explorer.bars.children[0].button.button_style == "info"
 
 
@@ -157,7 +205,7 @@ def test_moving_a_slider_redraws_the_bars(explorer):
     explorer.temperature_slider.value = 2.5
     assert [bar.number.value for bar in explorer.bars.children] != before
     assert explorer.bars.children[0].button.layout.width != width
-    explorer.top_k_slider.value = 4
+    explorer.bars_slider.value = 4
     shown = [bar for bar in explorer.bars.children if bar.layout.display != "none"]
     assert len(shown) == 4
 
@@ -169,7 +217,8 @@ def test_moving_a_slider_redraws_the_bars(explorer):
         (lambda e: e.choose(49152), ValueError, "outside the vocabulary"),
         (lambda e: e.choose("Paris"), TypeError, "token_id must be an int"),
         (lambda e: e.undo(), ValueError, "Nothing to undo"),
-        (lambda e: setattr(e, "top_k", 0), ValueError, "between 1 and the vocabulary"),
+        (lambda e: setattr(e, "top_k", -1), ValueError, "between 1 and the vocabulary"),
+        (lambda e: setattr(e, "bar_count", 51), ValueError, "bars must be between 1 and"),
         (lambda e: setattr(e, "top_k", 10**6), ValueError, "vocabulary size"),
         (lambda e: setattr(e, "temperature", 0), ValueError, "temperature"),
         (lambda e: setattr(e, "top_p", 1.5), ValueError, "top_p"),
@@ -187,7 +236,7 @@ def test_bad_input_raises_and_the_widget_still_works(explorer, greedy_one, actio
 
 @pytest.mark.parametrize(
     ("prompt", "top_k", "error", "match"),
-    [("", 10, ValueError, "empty"), (PROMPT, 0, ValueError, "between 1"), (PROMPT, "3", TypeError, "int")],
+    [("", 10, ValueError, "empty"), (PROMPT, -1, ValueError, "between 1"), (PROMPT, "3", TypeError, "int")],
 )
 def test_bad_construction_arguments_raise_clear_errors(llm32, prompt, top_k, error, match):
     with pytest.raises(error, match=match):
