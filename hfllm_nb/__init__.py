@@ -11,6 +11,7 @@ from .stats import GenerationStats
 
 if TYPE_CHECKING:
     from ._quantization import footprint_bytes
+    from .chat_panel import ChatPanel
     from .explain_view import Explanation, LogitLens
     from .explorer import NextTokenExplorer
     from .monitor import MemoryMonitor
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MODEL_NAME",
+    "ChatPanel",
     "Explanation",
     "GenerationError",
     "GenerationStats",
@@ -39,6 +41,10 @@ def __getattr__(name: str) -> Any:
         from .panel import LLMPanel
 
         return LLMPanel
+    if name == "ChatPanel":
+        from .chat_panel import ChatPanel
+
+        return ChatPanel
     if name == "MemoryMonitor":
         from .monitor import MemoryMonitor
 

@@ -312,6 +312,12 @@ class HuggingFaceLLM:
         self._panels.add(panel)
         return panel
 
+    def chat_panel(self, system_prompt: str | None = None, **settings: Any):
+        """A multi-turn chat widget for this model (see ``hfllm_nb.ChatPanel``); ``close()`` closes it too."""
+        from .chat_panel import ChatPanel  # the core stays importable without ipywidgets
+
+        return ChatPanel(self, system_prompt, **settings)  # it registers itself with this model
+
     def close(self) -> None:
         """Stop any generation, close this model's panels, free the weights (and the CUDA cache)."""
         self.stop()
