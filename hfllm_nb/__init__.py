@@ -12,6 +12,7 @@ from .stats import GenerationStats
 if TYPE_CHECKING:
     from ._quantization import footprint_bytes
     from .attention import Attention
+    from .chat_panel import ChatPanel
     from .compare import Comparison
     from .explain_view import Explanation, LogitLens
     from .explorer import NextTokenExplorer
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "Attention",
+    "ChatPanel",
     "Comparison",
     "Explanation",
     "GenerationError",
@@ -43,6 +45,10 @@ def __getattr__(name: str) -> Any:
         from .panel import LLMPanel
 
         return LLMPanel
+    if name == "ChatPanel":
+        from .chat_panel import ChatPanel
+
+        return ChatPanel
     if name == "MemoryMonitor":
         from .monitor import MemoryMonitor
 

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 SAMPLING = _validation.SAMPLING_KEYWORDS  # temperature, top_p, top_k, seed
 SETTINGS = ("prompt", "max_length", "do_sample", *SAMPLING, "chat_mode", "probabilities", "memory_interval")
+CHAT_SETTINGS = ("max_length", "do_sample", *SAMPLING, "memory_interval")  # ChatPanel's
 NO_SEED = -1  # the seed box shows this for "no seed": a fresh sample every run
 
 
@@ -20,11 +21,13 @@ def _model_default(llm: HuggingFaceLLM, name: str) -> Any:
     return llm.sampling_defaults[name]
 
 
-def check_panel_settings(llm: HuggingFaceLLM, given: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``given`` over the model's defaults, validating each value once."""
-    unknown = sorted(set(given) - set(SETTINGS))
+def check_panel_settings(
+    llm: HuggingFaceLLM, given: dict[str, Any], *, names: tuple[str, ...] = SETTINGS, owner: str = "LLMPanel"
+) -> dict[str, Any]:
+    """Merge ``given`` over the model's defaults, validating each value once (``names``: those ``owner`` takes)."""
+    unknown = sorted(set(given) - set(names))
     if unknown:
-        raise TypeError(f"LLMPanel got unknown setting(s) {', '.join(map(repr, unknown))}; use {', '.join(SETTINGS)}.")
+        raise TypeError(f"{owner} got unknown setting(s) {', '.join(map(repr, unknown))}; use {', '.join(names)}.")
     start = {
         "prompt": "",
         "max_length": llm.max_length,

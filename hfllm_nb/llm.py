@@ -270,6 +270,12 @@ class HuggingFaceLLM(InProcessViews):
         """Have ``close()`` close ``view`` too (panels and explorers register themselves; held weakly)."""
         self._views.add(view)
 
+    def chat_panel(self, system_prompt: str | None = None, **settings: Any):
+        """A multi-turn chat widget for this model (see ``hfllm_nb.ChatPanel``); ``close()`` closes it too."""
+        from .chat_panel import ChatPanel  # the core stays importable without ipywidgets
+
+        return ChatPanel(self, system_prompt, **settings)  # it registers itself with this model
+
     def close(self) -> None:
         """Stop any generation, close this model's views, free the weights (and the CUDA cache).
 

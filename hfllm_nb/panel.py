@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from ._panel_settings import NO_SEED, check_panel_settings
+from ._panel_settings import check_panel_settings
+from ._panel_widgets import GenerationControls, describe_stats, error_html, set_tooltip
 from .errors import GenerationError
 from .monitor import MemoryMonitor
 
@@ -25,9 +26,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("hfllm_nb")
 
-# Past this a slider is too coarse to aim with; a larger max_length=... still widens it.
-_SLIDER_MAX_LENGTH = 2048
-_WIDE = {"description_width": "initial"}
 _PROMPT_STYLE = "color:#6a737d"
 _CONTINUATION_STYLE = "font-weight:600"
 _OUTPUT_STYLE = (
@@ -49,12 +47,6 @@ def render_output(prompt: str, continuation: str, *, chat: bool = False, continu
         f'<span class="hfllm-continuation" style="{_CONTINUATION_STYLE}">{body}</span>'
         "</div>"
     )
-
-
-def _slider(kind: type, name: str, start: dict[str, Any], low: Any, high: Any, step: Any) -> Any:
-    # The range widens to take in a validated value outside the usual one.
-    value = start[name]
-    return kind(value, min=min(low, value), max=max(high, value), step=step, description=name, style=_WIDE)
 
 
 class LLMPanel(widgets.VBox):
@@ -88,40 +80,20 @@ class LLMPanel(widgets.VBox):
             layout={"width": "100%", "height": "6em"},
         )
         self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
-        self.probabilities = widgets.Checkbox(
-            value=start["probabilities"],
-            description="probabilities",
-            indent=False,
-            tooltip="Colour each new token by its probability; hover a token for the alternatives",
+        self.probabilities = set_tooltip(
+            widgets.Checkbox(value=start["probabilities"], description="probabilities", indent=False),
+            "Colour each new token by its probability; hover a token for the alternatives",
         )
         self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
-        self.chat_mode = widgets.Checkbox(
-            value=start["chat_mode"],
-            description="chat",
-            disabled=not has_template,
-            indent=False,
-            tooltip="Wrap the prompt in the chat template" if has_template else "This tokenizer has no chat template",
+        self.chat_mode = set_tooltip(
+            widgets.Checkbox(value=start["chat_mode"], description="chat", disabled=not has_template, indent=False),
+            "Wrap the prompt in the chat template" if has_template else "This tokenizer has no chat template",
         )
-        self.max_length = widgets.IntSlider(
-            value=start["max_length"],
-            min=1,
-            max=max(min(llm.context_length, _SLIDER_MAX_LENGTH), start["max_length"]),
-            description="max_length",
-            style=_WIDE,
-            continuous_update=False,
-        )
+        self._controls = GenerationControls(llm, start)  # max_length and the sampling settings, as ChatPanel has
+        controls = self._controls
+        self.max_length, self.do_sample, self.seed = controls.max_length, controls.do_sample, controls.seed
+        self.temperature, self.top_p, self.top_k = controls.temperature, controls.top_p, controls.top_k
         self.prompt_tokens = widgets.HTML()
-        self.do_sample = widgets.Checkbox(value=start["do_sample"], description="sample", indent=False)
-        self.temperature = _slider(widgets.FloatSlider, "temperature", start, 0.05, 2.0, 0.05)
-        self.top_p = _slider(widgets.FloatSlider, "top_p", start, 0.05, 1.0, 0.05)
-        self.top_k = _slider(widgets.IntSlider, "top_k", start, 0, 200, 1)
-        self.seed = widgets.IntText(
-            value=start["seed"],
-            description="seed",
-            layout={"width": "10em"},
-            style=_WIDE,
-            tooltip=f"{NO_SEED}: a new sample every run",
-        )
         self.output = widgets.HTML(render_output("", ""))
         self.status = widgets.HTML()
         self.error = widgets.HTML()
@@ -141,9 +113,7 @@ class LLMPanel(widgets.VBox):
         self.prompt.observe(self._show_prompt_tokens, "value")
         self.max_length.observe(self._show_prompt_tokens, "value")
         self.chat_mode.observe(self._show_prompt_tokens, "value")
-        self.do_sample.observe(self._enable_sampling, "value")
         self._show_prompt_tokens()
-        self._enable_sampling()
         self._own = [
             self.prompt,
             self.generate_button,
@@ -164,7 +134,7 @@ class LLMPanel(widgets.VBox):
         rows = [
             widgets.HBox([self.generate_button, self.stop_button, self.chat_mode, self.probabilities]),
             widgets.HBox([self.max_length, self.prompt_tokens]),
-            widgets.HBox([self.do_sample, self.temperature, self.top_p, self.top_k, self.seed]),
+            self._controls.sampling_row(),
         ]
         self._boxes = rows
         super().__init__([self.prompt, *rows, self.output, self.status, self.error, self.memory])
@@ -174,15 +144,7 @@ class LLMPanel(widgets.VBox):
 
     def settings(self) -> dict[str, Any]:
         """The keyword arguments the widgets stand for, as ``llm.generate`` takes them."""
-        options: dict[str, Any] = {
-            "max_length": self.max_length.value,
-            "do_sample": self.do_sample.value,
-        }
-        if self.do_sample.value:
-            options.update(temperature=self.temperature.value, top_p=self.top_p.value, top_k=self.top_k.value)
-            if self.seed.value != NO_SEED:
-                options["seed"] = self.seed.value
-        return options
+        return self._controls.settings()
 
     @property
     def is_busy(self) -> bool:
@@ -324,22 +286,12 @@ class LLMPanel(widgets.VBox):
         self.output.value = render_output(prompt, "", chat=chat, continuation_html=render_tokens_html(self.tokens))
 
     def _describe(self, stats: GenerationStats | None) -> str:
-        if stats is None:
-            return "stopped before the first token" if self._stop_requested.is_set() else ""
-        first = f"{stats.time_to_first_token:.2f} s" if stats.time_to_first_token is not None else "–"
-        return (
-            f"{stats.new_tokens} token{'s' * (stats.new_tokens != 1)} · {stats.tokens_per_second:.1f} tokens/s · "
-            f"first token after {first} · {stats.seconds:.2f} s · ended: <b>{html.escape(stats.ended_because)}</b>"
-        )
+        return describe_stats(stats, self._stop_requested.is_set())
 
     def _show_error(self, exc: BaseException) -> None:
         self.last_error = exc
         logger.debug("Panel run failed", exc_info=exc)
-        message = str(exc).strip() or "(no message)"
-        self.error.value = (
-            f'<span class="hfllm-error" style="color:#c62828">'
-            f"{html.escape(type(exc).__name__)}: {html.escape(message)}</span>"
-        )
+        self.error.value = error_html(exc)
 
     def _show_running(self, running: bool) -> None:
         self.generate_button.disabled = running
@@ -347,10 +299,6 @@ class LLMPanel(widgets.VBox):
         if not running:
             with self._state_lock:
                 self._busy = False
-
-    def _enable_sampling(self, change: Any = None) -> None:
-        for widget in (self.temperature, self.top_p, self.top_k, self.seed):
-            widget.disabled = not self.do_sample.value
 
     def _show_prompt_tokens(self, change: Any = None) -> None:
         text = self.prompt.value

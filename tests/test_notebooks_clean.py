@@ -85,6 +85,25 @@ def test_first_code_cell_installs_only_in_colab_and_names_the_device(notebook):
     assert "print(" in setup and "get_device_name" in setup, f"{path.name}: print the GPU name, or CPU"
 
 
+def test_colab_install_keeps_the_ipywidgets_colab_ships(notebook):
+    # Colab ships ipywidgets 7.7; an upgrade to 8 there has broken its widgets (colabtools #3020).
+    path, nb = notebook
+    installs = [line for line in _code_cells(nb)[0].source.splitlines() if "pip install" in line]
+    for line in installs:
+        assert "ipywidgets" not in line and not re.search(r"(^|\s)(-U|--upgrade)(\s|$)", line), (
+            f"{path.name}: the Colab install must not upgrade ipywidgets: {line.strip()}"
+        )
+
+
+def test_the_package_accepts_the_ipywidgets_colab_ships():
+    from packaging.requirements import Requirement
+
+    text = (NOTEBOOKS.parent / "pyproject.toml").read_text()
+    (line,) = re.findall(r'"(ipywidgets\s*[<>=~!][^"]*)"', text)  # the dependency, not the keyword
+    spec = Requirement(line)
+    assert spec.specifier.contains("7.7.1") and spec.specifier.contains("8.1.5"), spec
+
+
 def test_notebook_states_facts_as_asserts(notebook):
     path, nb = notebook
     asserts = sum(len(re.findall(r"^\s*assert ", cell.source, re.M)) for cell in _code_cells(nb))
