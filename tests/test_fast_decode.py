@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -56,7 +58,7 @@ def cache_of_the_last_call(llm) -> tuple[int, int]:
     return next(reversed(llm._engine._fast.caches))
 
 
-def test_a_short_prompt_after_a_long_one_decodes_over_a_short_cache_again(tiny_model_dir, tmp_path):
+def test_a_short_prompt_after_a_long_one_decodes_over_a_short_cache_again(tiny_model_dir, tmp_path, caplog):
     # transformers alone keeps the longest cache it ever made: every later short call pays for it.
     from hfllm_nb.testing import save_tiny_llama
 
@@ -65,8 +67,11 @@ def test_a_short_prompt_after_a_long_one_decodes_over_a_short_cache_again(tiny_m
     llm.generate(PROMPTS[1], max_new_tokens=4)
     assert cache_of_the_last_call(llm) == (1, MIN_CACHE_LENGTH)
     long_prompt = " ".join(["word"] * 300)
-    llm.generate(long_prompt, max_new_tokens=4)
+    with caplog.at_level(logging.INFO, logger="hfllm_nb"):
+        llm.generate(long_prompt, max_new_tokens=4)
     assert cache_of_the_last_call(llm) == (1, 2 * MIN_CACHE_LENGTH)
+    # A new shape compiles once, and says so (a silent 89 s call looked like a hang).
+    assert "1 prompt(s) and a 512-token cache: the decode step compiles" in caplog.text
     before = compiled_graphs()
     text = llm.generate(PROMPTS[1], max_new_tokens=6, min_new_tokens=6)
     assert cache_of_the_last_call(llm) == (1, MIN_CACHE_LENGTH)
