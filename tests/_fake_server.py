@@ -8,6 +8,8 @@ serve`` (tests/_server.py); this one never stands in for it.
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,8 +21,10 @@ class FakeServer:
 
     Modes: "ok" (streams ``words`` then finishes), "slow" (one piece, then only SSE comments
     until ``release`` is set or 30 s pass), "silent" (one piece, then nothing at all),
-    "malformed", "error_event", "drop" (closes mid-stream), "status:NNN" (answers every POST
-    with that HTTP status and ``message``). With ``required_key`` set, any other key gets 401.
+    "malformed", "bad_shape" (valid JSON, wrong shape: ``{"choices": "oops"}``), "error_event",
+    "drop" (closes mid-stream), "no_headers" (sends nothing, not even headers, until ``release``,
+    30 s, or the client hangs up), "status:NNN" (answers every POST with that HTTP status and
+    ``message``). With ``required_key`` set, any other key gets 401.
     """
 
     def __init__(self, models: list[dict[str, Any]] | None = None) -> None:
@@ -80,6 +84,9 @@ def _handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
             if self._refused():
                 return
             fake.requests.append(body)
+            if fake.mode == "no_headers":
+                self._wait_silently()
+                return
             if fake.mode.startswith("status:"):
                 status = int(fake.mode.split(":")[1])
                 self._json(status, {"error": {"message": fake.message, "code": status}})
@@ -93,10 +100,23 @@ def _handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 fake.disconnected.set()
 
+        def _wait_silently(self) -> None:
+            """Answer nothing; notice a client that hangs up (its socket reads as closed)."""
+            deadline = time.monotonic() + 30
+            while not fake.release.is_set() and time.monotonic() < deadline:
+                readable, _, _ = select.select([self.connection], [], [], 0.05)
+                if readable and self.connection.recv(1, socket.MSG_PEEK) == b"":
+                    fake.disconnected.set()
+                    break
+            self.close_connection = True
+
         def _stream(self, body: dict[str, Any]) -> None:
             chat = "messages" in body
             if fake.mode == "malformed":
                 self._send("data: {this is not json\n\n")
+                return
+            if fake.mode == "bad_shape":
+                self._send('data: {"choices": "oops"}\n\n')
                 return
             if fake.mode == "error_event":
                 self._send(_chunk(chat, "Hel"))

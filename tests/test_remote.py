@@ -286,6 +286,7 @@ def test_a_named_stop_string_is_put_back_as_in_process():
         ("status:429", GenerationError, "HTTP 429"),
         ("status:400", ValueError, "HTTP 400: fake failure"),
         ("malformed", GenerationError, "malformed"),
+        ("bad_shape", GenerationError, r"malformed.*\{.choices.: ?.oops.\}"),
         ("error_event", GenerationError, "the model fell over"),
         ("drop", GenerationError, "without finishing|connection"),
     ],
@@ -318,6 +319,30 @@ def test_stop_while_the_server_is_silent_returns_at_once_and_hangs_up(fake):
     assert time.perf_counter() - started < 2
     assert llm.last_stats.finish_reasons == (STOPPED,)
     assert fake.disconnected.wait(3)  # the server saw the connection close
+
+
+def test_stop_before_the_response_headers_hangs_up_and_leaves_no_thread(fake):
+    llm = HuggingFaceLLM(endpoint=fake.url)
+    fake.mode = "no_headers"  # the server holds the request: no status line, no headers, nothing
+    readers_before = _readers()
+    for _ in range(3):
+        fake.disconnected.clear()
+        threading.Timer(0.3, llm.stop).start()
+        started = time.perf_counter()
+        assert llm.generate("Hi", max_new_tokens=5, return_full_text=False) == ""
+        assert time.perf_counter() - started < 2
+        assert llm.last_stats.finish_reasons == (STOPPED,)
+        assert fake.disconnected.wait(3)  # the server saw the connection close
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and _readers() - readers_before:
+        time.sleep(0.05)
+    assert not _readers() - readers_before  # every reader thread ended
+    fake.mode = "ok"
+    assert llm.generate("Hi", max_new_tokens=3, return_full_text=False) == "Hello there."
+
+
+def _readers() -> set[threading.Thread]:
+    return {thread for thread in threading.enumerate() if thread.name == "hfllm_nb-remote"}
 
 
 def test_a_server_gone_quiet_times_out_with_a_clear_error(fake):

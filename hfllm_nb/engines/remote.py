@@ -16,7 +16,7 @@ from typing import Any
 from .. import _loading
 from ..errors import GenerationError, ModelLoadError
 from . import _openai_errors, _openai_wire
-from ._openai_stream import Reply, StreamReader, take_chunk
+from ._openai_stream import Reply, StreamReader, http_client, take_chunk
 from .base import STOPPED, Completion, EngineRequest, EngineResult
 
 logger = logging.getLogger("hfllm_nb")
@@ -77,11 +77,13 @@ class RemoteEngine:
         key = api_key or os.environ.get("HFLLM_NB_API_KEY") or os.environ.get("OPENAI_API_KEY")
         self._secret = key
         source = _loading.resolve_source(model_id)
+        timeouts = self._openai.Timeout(self.timeout, connect=min(self.timeout, CONNECT_CHECK_S / 2))
         self._client = self._openai.OpenAI(
             base_url=self.endpoint,
             api_key=key or _PLACEHOLDER_KEY,
-            timeout=self._openai.Timeout(self.timeout, connect=min(self.timeout, CONNECT_CHECK_S / 2)),
+            timeout=timeouts,
             max_retries=0,  # a retry would hide a dead server for seconds; we report at once instead
+            http_client=http_client(self._openai, timeouts),  # Stop can hang up before the headers come
         )
         self._closed = False
         try:
@@ -212,7 +214,7 @@ class RemoteEngine:
         except ValueError as exc:  # a data line that is not JSON, from the SSE decoder
             raise GenerationError(
                 f"The server at {self._shown_url} sent a malformed stream ({type(exc).__name__}: "
-                f"{_openai_errors.scrub(str(exc), self._secret)[:200]})."
+                f"{_openai_errors.scrub(str(exc), self._secret)[:300]})."
             ) from None
         finally:
             reader.close()
