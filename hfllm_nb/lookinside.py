@@ -20,7 +20,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from . import _budgets, _options, _validation
+from . import _budgets, _options, _remote_explain, _validation
 from .distributions import check_top_k, sampling_warpers, summarize
 from .engines.base import END_OF_TEXT, LENGTH, STOP_STRING, STOPPED
 from .errors import GenerationError
@@ -129,6 +129,8 @@ def explain(
 
     >>> llm.explain("The capital of France is", max_new_tokens=3)   # doctest: +SKIP
     """
+    if _remote_explain.is_remote(llm):  # a server: from its log-probabilities
+        return _remote_explain.explain(llm, prompt, max_new_tokens=max_new_tokens, top_k=top_k, **generate_kwargs)
     request = _check(llm, prompt, None, max_new_tokens, top_k, generate_kwargs)
     tokens: list[ExplainedToken] = []
     with llm._inspect() as (model, tokenizer):
@@ -162,6 +164,11 @@ def explain_stream(
     >>> for token in explain_stream(llm, "Once upon a time,", max_new_tokens=5):   # doctest: +SKIP
     ...     print(repr(token.text), round(token.probability, 3))
     """
+    if _remote_explain.is_remote(llm):  # a server: from its log-probabilities
+        return _remote_explain.explain_stream(
+            llm, prompt, max_length, max_new_tokens=max_new_tokens, alternatives=alternatives,
+            add_special_tokens=add_special_tokens, stop_event=stop_event, **generate_kwargs,
+        )  # fmt: skip
     if not isinstance(add_special_tokens, bool):
         raise TypeError(f"add_special_tokens must be True or False, not {add_special_tokens!r}.")
     request = _check(llm, prompt, max_length, max_new_tokens, alternatives, generate_kwargs, "alternatives")

@@ -33,6 +33,8 @@ class FakeServer:
         self.message = "fake failure"
         self.required_key: str | None = None
         self.words = ["Hello", " there", "."]
+        # With ``logprobs`` in a request: each word's log-probability, and these alternatives too.
+        self.logprobs: dict[str, float] | None = None
         self.requests: list[dict[str, Any]] = []  # bodies of POSTs, newest last
         self.auth_headers: list[str] = []
         self.release = threading.Event()
@@ -135,7 +137,7 @@ def _handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
                         self._send(": keep-alive\n\n")  # an SSE comment: no event, but finds a closed client
                 return
             for word in fake.words:
-                self._send(_chunk(chat, word))
+                self._send(_chunk(chat, word, logprobs=fake.logprobs if body.get("logprobs") else None))
             self._send(_chunk(chat, "", finish="stop", usage=len(fake.words)))
             self._send("data: [DONE]\n\n")
 
@@ -154,8 +156,13 @@ def _handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _chunk(chat: bool, text: str, finish: str | None = None, usage: int | None = None) -> str:
+def _chunk(
+    chat: bool, text: str, finish: str | None = None, usage: int | None = None, logprobs: dict | None = None
+) -> str:
     choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+    if logprobs is not None:
+        top = {**logprobs, text: logprobs.get(text, -0.5)}
+        choice["logprobs"] = {"tokens": [text], "token_logprobs": [top[text]], "top_logprobs": [top], "text_offset": [0]}
     if chat:
         choice["delta"] = {"content": text}
     else:

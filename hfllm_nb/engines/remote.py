@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import _loading
 from ..errors import GenerationError, ModelLoadError
-from . import _openai_errors, _openai_wire
+from . import _openai_errors, _openai_logprobs, _openai_wire
 from ._openai_stream import Reply, StreamReader, http_client, take_chunk
 from .base import STOPPED, Completion, EngineRequest, EngineResult
 
@@ -86,6 +86,7 @@ class RemoteEngine:
             http_client=http_client(self._openai, timeouts),  # Stop can hang up before the headers come
         )
         self._closed = False
+        self._vocabulary: _openai_logprobs.VocabularyText | None = None  # built on the first explain
         try:
             hints = [str(model_id) if model_id is not None else "", source.location]
             entry = self._check_server(served_model, hints, key)
@@ -140,6 +141,24 @@ class RemoteEngine:
         first = reply.first_at - reply.started if reply.first_at is not None else None
         return EngineResult([self._completion(request, reply)], time.perf_counter() - reply.started, first)
 
+    def explain_stream(
+        self, request: EngineRequest, alternatives: int, stop_event: Any = None
+    ) -> Generator[Any, None, EngineResult]:
+        """Yield each new token as an ``ExplainedToken`` from the server's log-probabilities (completions).
+
+        A server that ignores ``logprobs`` (``transformers serve``) raises GenerationError naming
+        the servers that return them. ``stop_event`` (anything with ``is_set()``) stops it like Stop.
+        """
+        if len(request.prompts) != 1 or request.messages is not None:
+            raise TypeError("explain takes one prompt string (format a chat with llm.format_chat first).")
+        if self._vocabulary is None:
+            self._vocabulary = _openai_logprobs.VocabularyText(self.tokenizer)
+        reply = Reply(time.perf_counter())
+        stop = _Either(request.stop, stop_event)
+        yield from self._pieces(request, 0, reply, logprobs=alternatives, stop=stop)
+        first = reply.first_at - reply.started if reply.first_at is not None else None
+        return EngineResult([self._completion(request, reply)], time.perf_counter() - reply.started, first)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -173,8 +192,10 @@ class RemoteEngine:
             )
         return next(e for e in entries if e.get("id") == chosen)
 
-    def _pieces(self, request: EngineRequest, index: int, reply: Reply) -> Generator[str, None, None]:
-        """Stream one prompt's reply into ``reply``, yielding text.
+    def _pieces(
+        self, request: EngineRequest, index: int, reply: Reply, logprobs: int | None = None, stop: Any = None
+    ) -> Generator[Any, None, None]:
+        """Stream one prompt's reply into ``reply``, yielding text (with ``logprobs``: explained tokens).
 
         A thread reads the HTTP stream; this side waits on a queue and checks Stop every 50 ms,
         so Stop ends the reply even while the server sends nothing (a long prompt, a queue on a
@@ -183,7 +204,8 @@ class RemoteEngine:
         """
         if self._closed:
             raise GenerationError(f"This remote engine ({self.description}) was closed; create a new one.")
-        if request.stop.is_set():
+        stop = stop if stop is not None else request.stop
+        if stop.is_set():
             reply.stopped = True
             return
         standard, extra, sent = _openai_wire.sampling_body(request.options, self._sampling_defaults, self._dialect)
@@ -200,11 +222,19 @@ class RemoteEngine:
             kwargs["messages"] = request.messages
         else:
             kwargs["prompt"] = request.prompts[index]
+        if logprobs is not None:
+            kwargs["logprobs"] = logprobs
         reader = StreamReader(self._client.chat.completions if chat else self._client.completions, kwargs)
         try:
-            for chunk in reader.chunks(request.stop):
+            for chunk in reader.chunks(stop):
                 text = take_chunk(chunk, reply, chat)
-                if text:
+                if logprobs is not None:
+                    explained = self._explained(chunk, text, logprobs)
+                    if explained and reply.first_at is None:
+                        reply.first_at = time.perf_counter()
+                    reply.pieces.append(text)
+                    yield from explained
+                elif text:
                     if reply.first_at is None:
                         reply.first_at = time.perf_counter()
                     reply.pieces.append(text)
@@ -219,6 +249,20 @@ class RemoteEngine:
         finally:
             reader.close()
         reply.stopped = reader.stopped
+
+    def _explained(self, chunk: Any, text: str, top_k: int) -> list[Any]:
+        """The explained tokens in one completions chunk; GenerationError if the server sent none."""
+        choices = getattr(chunk, "choices", None) or []
+        found = getattr(choices[0], "logprobs", None) if choices else None
+        if found is None:
+            if text:
+                raise GenerationError(
+                    f"The server at {self._shown_url} returned no token log-probabilities (it ignores "
+                    f"`logprobs`), so explain cannot run on it. Servers that return them: "
+                    f"{_openai_logprobs.SERVERS_WITH_LOGPROBS}; transformers serve does not."
+                )
+            return []
+        return _openai_logprobs.generated_tokens(found, self._vocabulary, top_k)
 
     def _completion(self, request: EngineRequest, reply: Reply) -> Completion:
         text = "".join(reply.pieces)
@@ -243,6 +287,16 @@ class RemoteEngine:
     def _tokenizer_context(self) -> int:
         value = getattr(self.tokenizer, "model_max_length", None)
         return value if isinstance(value, int) and 0 < value < 10**7 else FALLBACK_CONTEXT
+
+
+class _Either:
+    """Set when either of two stop signals is (the request's Stop, a caller's ``stop_event``)."""
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.signals = [signal for signal in (first, second) if signal is not None]
+
+    def is_set(self) -> bool:
+        return any(signal.is_set() for signal in self.signals)
 
 
 def _local_settings(source: _loading.ModelSource, trust_remote_code: bool, load_kwargs: dict[str, Any]) -> dict:
