@@ -162,7 +162,12 @@ def _chunk(
     choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
     if logprobs is not None:
         top = {**logprobs, text: logprobs.get(text, -0.5)}
-        choice["logprobs"] = {"tokens": [text], "token_logprobs": [top[text]], "top_logprobs": [top], "text_offset": [0]}
+        choice["logprobs"] = {
+            "tokens": [text],
+            "token_logprobs": [top[text]],
+            "top_logprobs": [top],
+            "text_offset": [0],
+        }
     if chat:
         choice["delta"] = {"content": text}
     else:

@@ -1,8 +1,10 @@
-"""HuggingFaceLLM(endpoint=...): against a real ``transformers serve`` on this machine, plus a fake for faults.
+"""HuggingFaceLLM(endpoint=...): against two real servers on this machine, plus a fake for faults.
 
-The real server runs the default model in float32 on the CPU, so its greedy text must equal the
-in-process float32 text token for token. The fake server (tests/_fake_server.py) only adds the
-faults a real one will not produce on demand.
+``transformers serve`` runs the default model in float32 on the CPU, so its greedy text must equal
+the in-process float32 text token for token. llama.cpp (llama-cpp-python's server) runs the GGUF
+file as shipped, Q4_1 weights with 8-bit activations: its greedy text is checked where the model is
+sure (tests/test_llama_cpp.py measures how far it goes). The fake server (tests/_fake_server.py)
+only adds the faults a real one will not produce on demand.
 """
 
 from __future__ import annotations
@@ -14,18 +16,23 @@ import traceback
 
 import pytest
 from _fake_server import FakeServer
-from _server import ServeProcess, free_port
+from _server import LlamaCppProcess, ServeProcess, free_port, require_llama_cpp
 
 from hfllm_nb import GenerationError, HuggingFaceLLM, ModelLoadError
+from hfllm_nb.default_model import find_default_gguf
 from hfllm_nb.engines import END_OF_TEXT, LENGTH, STOP_STRING, STOPPED
 from hfllm_nb.engines._openai_wire import finish_reason, pick_served_model
 
 SECRET = "sk-test-3f9a1c-never-shown"
 
 
-@pytest.fixture(scope="module")
-def server(default_model_dir):
-    process = ServeProcess(default_model_dir).start()
+@pytest.fixture(scope="module", params=["transformers serve", "llama.cpp"])
+def server(request, default_model_dir):
+    if request.param == "llama.cpp":
+        require_llama_cpp()
+        process = LlamaCppProcess(find_default_gguf()).start()
+    else:
+        process = ServeProcess(default_model_dir).start()
     yield process
     process.stop()
 

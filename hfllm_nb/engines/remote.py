@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import _loading
 from ..errors import GenerationError, ModelLoadError
-from . import _openai_errors, _openai_logprobs, _openai_wire
+from . import _openai_errors, _openai_logprobs, _openai_wire, _server_tokenizer
 from ._openai_stream import Reply, StreamReader, http_client, take_chunk
 from .base import STOPPED, Completion, EngineRequest, EngineResult
 
@@ -27,6 +27,7 @@ FALLBACK_CONTEXT = 2048  # when neither the server, the config nor the tokenizer
 _PLACEHOLDER_KEY = "EMPTY"  # the openai client insists on a key; servers without --api-key ignore it
 # load_kwargs that mean something for a tokenizer; the others configure weights the server holds.
 _TOKENIZER_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
+_TRANSFORMERS_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}  # transformers' own defaults
 
 
 class RemoteEngine:
@@ -78,12 +79,13 @@ class RemoteEngine:
         self._secret = key
         source = _loading.resolve_source(model_id)
         timeouts = self._openai.Timeout(self.timeout, connect=min(self.timeout, CONNECT_CHECK_S / 2))
+        self._http = http_client(self._openai, timeouts)  # Stop can hang up before the headers come
         self._client = self._openai.OpenAI(
             base_url=self.endpoint,
             api_key=key or _PLACEHOLDER_KEY,
             timeout=timeouts,
             max_retries=0,  # a retry would hide a dead server for seconds; we report at once instead
-            http_client=http_client(self._openai, timeouts),  # Stop can hang up before the headers come
+            http_client=self._http,
         )
         self._closed = False
         self._vocabulary: _openai_logprobs.VocabularyText | None = None  # built on the first explain
@@ -92,10 +94,14 @@ class RemoteEngine:
             entry = self._check_server(served_model, hints, key)
             self.served_model: str = entry["id"]
             self._dialect = _openai_wire.detect_dialect([entry])
-            self.tokenizer = _loading.load_tokenizer(
-                source, trust_remote_code=trust_remote_code, load_kwargs=load_kwargs
-            )
-            local = _local_settings(source, trust_remote_code, load_kwargs)
+            try:
+                self.tokenizer = _loading.load_tokenizer(
+                    source, trust_remote_code=trust_remote_code, load_kwargs=load_kwargs
+                )
+                local = _local_settings(source, trust_remote_code, load_kwargs)
+            except ModelLoadError as exc:  # no tokenizer here: the server's own, where it has one
+                self.tokenizer = self._server_tokenizer(exc, key)
+                local = {"sampling": dict(_TRANSFORMERS_SAMPLING)}
         except BaseException:
             self.close()
             raise
@@ -151,6 +157,11 @@ class RemoteEngine:
         """
         if len(request.prompts) != 1 or request.messages is not None:
             raise TypeError("explain takes one prompt string (format a chat with llm.format_chat first).")
+        if isinstance(self.tokenizer, _server_tokenizer.ServerTokenizer):
+            raise GenerationError(
+                "explain maps the server's tokens to ids with the model's tokenizer, and none loads here; "
+                "pass model_id= naming the model's hub id or folder."
+            )
         if self._vocabulary is None:
             self._vocabulary = _openai_logprobs.VocabularyText(self.tokenizer)
         reply = Reply(time.perf_counter())
@@ -165,6 +176,18 @@ class RemoteEngine:
             self._client.close()
 
     # ----------------------------------------------------------------- internals
+
+    def _server_tokenizer(self, failure: ModelLoadError, key: str | None) -> Any:
+        """The server's tokenizer over HTTP (llama.cpp, vLLM), or ``failure`` raised when it has none."""
+        found = _server_tokenizer.connect(self._http, self.endpoint, self.served_model, self._dialect, key)
+        if found is None:
+            raise failure
+        logger.warning(
+            "No tokenizer for this model loads here (%s); counting tokens with the server's own (%s).",
+            " ".join(str(failure).split())[:200],
+            found,
+        )
+        return found
 
     def _check_server(self, served_model: str | None, hints: list[str], key: str | None) -> dict[str, Any]:
         """List the served models (within CONNECT_CHECK_S) and pick ours; ModelLoadError saying why not."""
@@ -306,7 +329,7 @@ def _local_settings(source: _loading.ModelSource, trust_remote_code: bool, load_
     kwargs = {k: load_kwargs[k] for k in _TOKENIZER_KWARGS if k in load_kwargs}
     if source.is_hub and _loading._offline_mode():
         kwargs["local_files_only"] = True
-    settings: dict[str, Any] = {"sampling": {"temperature": 1.0, "top_p": 1.0, "top_k": 50}}  # transformers' own
+    settings: dict[str, Any] = {"sampling": dict(_TRANSFORMERS_SAMPLING)}
     try:
         config = AutoConfig.from_pretrained(
             source.location, trust_remote_code=trust_remote_code, **source.extra, **kwargs
