@@ -77,6 +77,7 @@ class ServeProcess:
     """One ``transformers serve`` subprocess; ``start`` waits until it lists its model."""
 
     name = "transformers serve"
+    exact = True  # computes as in-process float32 does: the same text token for token
 
     def __init__(self, folder: str | os.PathLike, port: int | None = None) -> None:
         self.folder = str(folder)
@@ -145,6 +146,7 @@ class LlamaCppProcess(ServeProcess):
     """llama-cpp-python's server (``python -m llama_cpp.server``) on a GGUF file."""
 
     name = "llama.cpp"
+    exact = False  # Q4_1 weights, 8-bit activations: texts part from float32 where it is unsure
 
     def command(self) -> list[str]:
         return llama_cpp_command(self.folder, self.port)
