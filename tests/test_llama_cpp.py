@@ -188,3 +188,22 @@ def test_without_a_tokenizer_here_or_on_the_server_the_load_error_stays(monkeypa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with FakeServer() as fake, pytest.raises(ModelLoadError, match="no-such-model"):
         HuggingFaceLLM("no-such-org/no-such-model", endpoint=fake.url)
+
+
+def test_echoed_prompt_logprobs_are_shifted_so_prompt_tokens_get_none(remote, local32, llama_server):
+    # The check behind PROMPT_LOGPROBS_RIGHT: with echo, llama-cpp-python lists at prompt token i
+    # what the model predicts after it (for token i + 1). Should a release fix it, this fails.
+    from hfllm_nb.engines._openai_logprobs import PROMPT_LOGPROBS_RIGHT
+
+    prompt = "The capital of France is"
+    body = {"prompt": prompt, "max_tokens": 1, "temperature": 0, "repeat_penalty": 1.0, "echo": True, "logprobs": 1}
+    said = post(llama_server, "/v1/completions", body)["choices"][0]["logprobs"]
+    own = local32.explain(prompt, max_new_tokens=1, top_k=1).tokens  # own[i]: token i given the tokens before it
+    count = len(local32.tokenizer(prompt)["input_ids"])
+    # Token i's entry holds float32's best guess for token i + 1 (Q4_1 may rank a near-tie otherwise).
+    ahead = [own[i + 1].alternatives[0][0] in said["top_logprobs"][i] for i in range(1, count - 1)]
+    assert sum(ahead) > len(ahead) / 2
+    right = [abs(math.exp(said["token_logprobs"][i]) - own[i].probability) < 0.05 for i in range(1, count)]
+    assert not all(right)
+    assert "llama-cpp-python" not in PROMPT_LOGPROBS_RIGHT
+    assert all(token.probability is None for token in remote.explain(prompt, max_new_tokens=1).tokens[:count])
