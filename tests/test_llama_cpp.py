@@ -19,6 +19,7 @@ from _server import LlamaCppProcess, require_llama_cpp
 
 from hfllm_nb import GenerationError, HuggingFaceLLM
 from hfllm_nb.default_model import find_default_gguf
+from hfllm_nb.engines._server_tokenizer import ServerTokenizer
 from hfllm_nb.lookinside import explain_stream
 
 MARGIN = 0.5  # logits: closer than this, Q4_1 rounding may pick the other token (measured: up to 0.22)
@@ -172,7 +173,7 @@ def test_without_a_tokenizer_here_the_servers_counts_tokens_for_max_length(llama
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     prompt = "The capital of France is"
     with HuggingFaceLLM("no-such-org/no-such-model", endpoint=llama_server.url, timeout=60) as llm:
-        assert "server" in repr(llm.tokenizer)
+        assert isinstance(llm.tokenizer, ServerTokenizer)
         assert llm.count_tokens(prompt) == remote.count_tokens(prompt)
         assert llm.generate(prompt, max_length=9) == remote.generate(prompt, max_length=9)
         assert llm.last_stats.new_tokens == 9 - remote.count_tokens(prompt)
