@@ -197,7 +197,7 @@ def token_title(token: ExplainedToken, joined: str | None = None) -> str:
         bound = (
             ""
             if token.entropy is None
-            else f" · entropy ≥ {token.entropy:.2f} nats (from the top {len(token.alternatives)})"
+            else f" · entropy ≥ {token.entropy:.2f} nats (the server lists only its top tokens)"
         )
         lines.append(f"P = {percent(token.probability)}{bound}")
     else:
