@@ -176,7 +176,9 @@ def test_without_a_tokenizer_here_the_servers_counts_tokens_for_max_length(llama
         assert isinstance(llm.tokenizer, ServerTokenizer)
         assert llm.count_tokens(prompt) == remote.count_tokens(prompt)
         assert llm.generate(prompt, max_length=9) == remote.generate(prompt, max_length=9)
-        assert llm.last_stats.new_tokens == 9 - remote.count_tokens(prompt)
+        # The budget came from the server's count: 9 - 5 prompt tokens, run to the end.
+        assert (llm.last_stats.prompt_tokens, llm.last_stats.budget) == (remote.count_tokens(prompt), "max_length=9")
+        assert llm.last_stats.finish_reasons == ("length",)
         with pytest.raises(ValueError, match="chat template"):
             llm.format_chat("Hi")
 
