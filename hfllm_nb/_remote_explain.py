@@ -29,9 +29,19 @@ def is_remote(llm: HuggingFaceLLM) -> bool:
 
 
 def explain(
-    llm: HuggingFaceLLM, prompt: str, max_new_tokens: int = 20, top_k: int = 5, **generate_kwargs: Any
+    llm: HuggingFaceLLM,
+    prompt: str,
+    max_new_tokens: int = 20,
+    top_k: int = 5,
+    sampling_top_k: int | None = None,
+    **generate_kwargs: Any,
 ) -> Explanation:
-    """``llm.explain`` on a server: the prompt's tokens (no probabilities) and each new token explained."""
+    """``llm.explain`` on a server: the prompt's tokens (no probabilities) and each new token explained.
+
+    ``top_k`` is how many alternatives each token keeps; ``sampling_top_k`` is sampling's top-k.
+    """
+    if sampling_top_k is not None:
+        generate_kwargs["top_k"] = sampling_top_k
     request, label = _request(llm, prompt, None, max_new_tokens, top_k, True, generate_kwargs)
     outcome: list[EngineResult] = []
     generated = list(_run(llm, request, top_k, None, label, outcome))
