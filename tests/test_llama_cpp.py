@@ -17,7 +17,7 @@ import pytest
 import torch
 from _server import LlamaCppProcess, require_llama_cpp
 
-from hfllm_nb import GenerationError, HuggingFaceLLM
+from hfllm_nb import HuggingFaceLLM
 from hfllm_nb.default_model import find_default_gguf
 from hfllm_nb.engines._server_tokenizer import ServerTokenizer
 from hfllm_nb.lookinside import explain_stream
@@ -157,16 +157,6 @@ def test_the_panel_probabilities_toggle_works_on_the_server(remote):
         assert "hfllm-generated-token" in panel.output.value
     finally:
         panel.close()
-
-
-def test_explain_on_a_server_without_logprobs_names_the_servers_that_have_them(default_model_dir):
-    from _fake_server import FakeServer
-
-    with FakeServer() as fake:
-        llm = HuggingFaceLLM(endpoint=fake.url)
-        with pytest.raises(GenerationError, match="llama.cpp.*vLLM"):
-            llm.explain("Hi", max_new_tokens=3)
-        assert llm.generate("Hi", max_new_tokens=3, return_full_text=False) == "Hello there."
 
 
 def test_without_a_tokenizer_here_the_servers_counts_tokens_for_max_length(llama_server, remote, monkeypatch):

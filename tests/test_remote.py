@@ -372,34 +372,3 @@ def test_a_server_gone_quiet_times_out_with_a_clear_error(fake):
     with pytest.raises(GenerationError, match="sent nothing for 1 s"):
         llm.generate("Hi", max_new_tokens=5)
     assert time.perf_counter() - started < 4
-
-
-# ----------------------------------------------------------------- explain from a server's log-probabilities
-
-
-def test_explain_on_a_server_shows_exactly_its_logprobs_on_our_tokens(fake):
-    import math
-
-    llm = HuggingFaceLLM(endpoint=fake.url)
-    fake.logprobs = {"Hello": -1.2, " there": -1.6, ".": -1.4, " world": -3.0}  # 0.8 of the mass
-    explanation = llm.explain("Hi", max_new_tokens=3, top_k=2)
-    assert fake.requests[-1]["logprobs"] == 2 and fake.requests[-1]["temperature"] == 0
-    assert [t.text for t in explanation.generated] == ["Hello", " there", "."]
-    assert [t.probability for t in explanation.generated] == [math.exp(-1.2), math.exp(-1.6), math.exp(-1.4)]
-    best = [("Hello", math.exp(-1.2)), (".", math.exp(-1.4))]  # the two most likely the server listed
-    for token in explanation.generated:
-        assert token.alternatives == tuple(best)
-        assert token.alternative_ids == tuple(
-            llm.tokenizer(t, add_special_tokens=False)["input_ids"][0] for t, _ in best
-        )
-        assert token.token_id == llm.tokenizer(token.text, add_special_tokens=False)["input_ids"][0]
-        listed = [math.exp(v) for v in fake.logprobs.values()]  # entropy over all that the server listed
-        rest = 1 - sum(listed)
-        assert token.entropy == pytest.approx(-sum(p * math.log(p) for p in listed) - rest * math.log(rest))
-        assert token.from_server
-    prompt = [t for t in explanation.tokens if t.is_prompt]
-    assert [t.token_id for t in prompt] == llm.tokenizer("Hi")["input_ids"]
-    assert all(t.probability is None and t.entropy is None for t in prompt)
-    assert explanation.text == "HiHello there."
-    assert llm.last_stats.new_tokens == 3
-    assert "entropy ≥" in explanation._repr_html_()
