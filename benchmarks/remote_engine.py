@@ -14,6 +14,10 @@ remote against in-process:
     python benchmarks/remote_engine.py            # ~4 min on 2 idle cores
     python benchmarks/remote_engine.py --quick    # every code path, ~1 min
 
+A second table serves the default model's GGUF with llama.cpp (llama-cpp-python's server):
+the server's own rate (one non-streamed request), our client streaming from it, and a bare
+``openai`` stream with the same neutral sampler fields (``repeat_penalty`` 1, ``min_p`` 0).
+
 Our client's overhead target: remote ours / bare openai <= 1.05 in total time per request.
 Exits non-zero when the three texts differ.
 """
@@ -31,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the transformers serve launcher the tests use
 
-from _server import ServeProcess  # noqa: E402
+from _server import LlamaCppProcess, ServeProcess  # noqa: E402
 
 from hfllm_nb import HuggingFaceLLM  # noqa: E402
-from hfllm_nb.default_model import prepare_default_model  # noqa: E402
+from hfllm_nb.default_model import find_default_gguf, prepare_default_model  # noqa: E402
 
 PROMPT = "The history of the printing press began in"  # SmolLM2 continues it for well over 64 tokens
 OVERHEAD_TARGET = 1.05
@@ -52,8 +56,10 @@ def _time_stream(pieces: Any) -> tuple[str, float, float]:
     return "".join(text), first or 0.0, time.perf_counter() - started
 
 
-def _bare_openai(client: Any, model: str, tokens: int) -> Any:
-    stream = client.completions.create(model=model, prompt=PROMPT, max_tokens=tokens, temperature=0, stream=True)
+def _bare_openai(client: Any, model: str, tokens: int, extra: dict | None = None) -> Any:
+    stream = client.completions.create(
+        model=model, prompt=PROMPT, max_tokens=tokens, temperature=0, stream=True, extra_body=extra
+    )
     for chunk in stream:
         if chunk.choices:
             yield chunk.choices[0].text or ""
@@ -175,23 +181,101 @@ def _markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_LLAMA_NEUTRAL = {"repeat_penalty": 1.0, "min_p": 0.0}  # what our client sends llama.cpp for greedy
+
+
+def measure_llama_served(quick: bool) -> dict[str, Any]:
+    """llama.cpp's server on the GGUF: its own rate, our client streaming from it, a bare openai stream."""
+    import openai
+
+    tokens, reps = (16, 3) if quick else (64, 6)
+    server = LlamaCppProcess(find_default_gguf()).start()
+    try:
+        remote = HuggingFaceLLM(endpoint=server.url)
+        bare = openai.OpenAI(base_url=server.url, api_key="EMPTY", max_retries=0, timeout=120)
+        served = remote.engine_description.rsplit(" · ", 1)[-1]
+        ours, plain, whole = "our client (stream)", "bare openai (stream)", "server (one non-streamed request)"
+
+        def server_call():
+            reply = bare.completions.create(
+                model=served, prompt=PROMPT, max_tokens=tokens, temperature=0, extra_body=_LLAMA_NEUTRAL
+            )
+            yield reply.choices[0].text
+
+        runs, texts = _interleave(
+            {
+                whole: server_call,
+                ours: lambda: remote.stream(PROMPT, max_new_tokens=tokens),
+                plain: lambda: _bare_openai(bare, served, tokens, _LLAMA_NEUTRAL),
+            },
+            reps,
+        )
+        bare.close()
+        remote.close()
+    finally:
+        server.stop()
+    rows = [
+        {"engine": name, "seconds": min(t for _, t in samples), "ttft_s": min(f for f, _ in samples)}
+        for name, samples in runs.items()
+    ]
+    best = {row["engine"]: row["seconds"] for row in rows}
+    paired = [a[1] / b[1] for a, b in zip(runs[ours], runs[plain], strict=True)]
+    ratios = {
+        "ours_vs_bare": best[ours] / best[plain],
+        "ours_vs_bare_paired_median": statistics.median(paired),
+        "ours_vs_server": best[ours] / best[whole],
+    }
+    result = {
+        "rows": rows,
+        "ratios": ratios,
+        "tokens": tokens,
+        "reps": reps,
+        "checks": {
+            "same_text": len(set(texts.values())) == 1,
+            "overhead_within_target": ratios["ours_vs_bare"] <= OVERHEAD_TARGET,
+        },
+    }
+    lines = [
+        "## llama.cpp server (llama-cpp-python, the GGUF as shipped) and our client",
+        "",
+        f"{tokens} greedy tokens on {PROMPT!r}; best of {reps} interleaved rounds; the server, its "
+        "2 threads and this client share the machine's CPU.",
+        "",
+        "| way | tokens/s | time to first token (s) | seconds |",
+        "|---|---|---|---|",
+        *(f"| {r['engine']} | {tokens / r['seconds']:.1f} | {r['ttft_s']:.3f} | {r['seconds']:.2f} |" for r in rows),
+        "",
+        f"Ours / bare openai stream: {ratios['ours_vs_bare']:.3f} (target ≤ {OVERHEAD_TARGET}; paired median "
+        f"{ratios['ours_vs_bare_paired_median']:.3f}); ours / the server's own rate: {ratios['ours_vs_server']:.3f}. "
+        f"Same text all three ways: {'yes' if result['checks']['same_text'] else 'NO'}.",
+    ]
+    result["markdown"] = "\n".join(lines)
+    return result
+
+
 def remote_section(report: Any, settings: Any) -> None:
-    """The section of ``benchmarks/run.py``: the full run only, since it starts a server (``--quick`` skips it)."""
+    """The section of ``benchmarks/run.py``: the full run only, since it starts servers (``--quick`` skips it)."""
     if settings.quick:
         return
     result = measure_remote(quick=False)
     report.check(result["checks"]["same_text"], "remote, bare openai and in-process texts differ")
     title, _, body = result["markdown"].partition("\n")
     report.add(title.removeprefix("## "), body)
+    served = measure_llama_served(quick=False)
+    report.check(served["checks"]["same_text"], "llama.cpp: server, our client and bare openai texts differ")
+    title, _, body = served["markdown"].partition("\n")
+    report.add(title.removeprefix("## "), body)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer tokens and rounds: checks every code path")
+    parser.add_argument("--llama-only", action="store_true", help="only the llama.cpp server table")
     args = parser.parse_args(argv)
-    result = measure_remote(args.quick)
-    print(result["markdown"])
-    return 0 if result["checks"]["same_text"] else 1
+    results = [] if args.llama_only else [measure_remote(args.quick)]
+    results.append(measure_llama_served(args.quick))
+    print("\n\n".join(result["markdown"] for result in results))
+    return 0 if all(result["checks"]["same_text"] for result in results) else 1
 
 
 if __name__ == "__main__":

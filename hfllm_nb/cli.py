@@ -1,7 +1,8 @@
 """``hfllm-nb`` command line: generate text, show the environment, prepare the default model.
 
-Exit codes: 0 success, 1 load or generation error, 2 bad arguments, 130 interrupted (Ctrl-C).
-Errors are one line on stderr.
+Exit codes: 0 success, 1 load or generation error (a server that refuses a request included),
+2 bad arguments, 130 interrupted (Ctrl-C). Errors are one line on stderr, and nothing is printed
+on stdout before an error: the prompt is written once the first text has arrived.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import logging
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _prepare()
     except (TypeError, ValueError) as exc:
         _fail(exc)
-        return EXIT_USAGE
+        return EXIT_FAILED if _from_server(exc) else EXIT_USAGE
     except KeyboardInterrupt:
         print("hfllm-nb: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -108,6 +109,13 @@ class _Quiet:
 
 def _drop_errors(record: logging.LogRecord) -> bool:
     return record.levelno < logging.ERROR
+
+
+def _from_server(exc: BaseException) -> bool:
+    """True for a server's refusal (HTTP 4xx): the arguments passed every check here."""
+    from .engines._openai_errors import RequestRejected
+
+    return isinstance(exc, RequestRejected)
 
 
 def _fail(exc: BaseException) -> None:
@@ -146,8 +154,7 @@ def _generate(args: argparse.Namespace) -> int:
     load = {"dtype": args.dtype} if args.dtype is not None else {}
     if args.endpoint is not None:
         load.update(endpoint=args.endpoint, served_model=args.served_model)
-    else:
-        load.update(device=args.device)
+    load.update(device=args.device)  # with --endpoint, a --device is refused like --dtype, never ignored
     llm = HuggingFaceLLM(args.model, **load)
     if args.chat:
         pieces = llm.chat(args.prompt, stream=args.stream, **lengths, **options)
@@ -159,9 +166,10 @@ def _generate(args: argparse.Namespace) -> int:
         else:
             pieces = iter([llm.generate(args.prompt, return_full_text=False, **lengths, **options)])
         if not args.only_new:
-            # The prompt as the model read it (decoded from its tokens), in stream mode and not alike.
+            # The prompt as the model read it (decoded from its tokens), in stream mode and not alike,
+            # written only once the first piece has come: a stream's request fails on its first read.
             ids = llm.tokenizer(args.prompt)["input_ids"]
-            sys.stdout.write(llm.tokenizer.decode(ids, skip_special_tokens=True))
+            pieces = _after_first(pieces, llm.tokenizer.decode(ids, skip_special_tokens=True))
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -176,6 +184,13 @@ def _generate(args: argparse.Namespace) -> int:
             stats.ended_because,
         )
     return EXIT_OK
+
+
+def _after_first(pieces: Iterator[str], head: str) -> Iterator[str]:
+    """``pieces``, with ``head`` prefixed to the first one, read before anything is yielded."""
+    first = next(pieces, "")
+    yield head + first
+    yield from pieces
 
 
 def _info() -> int:

@@ -38,7 +38,9 @@ class ExplainedToken:
     position, before temperature, top-k or top-p; ``sampled_probability`` is the probability
     under the distribution sampling actually drew from (``None`` when greedy or for the prompt).
     ``partial_bytes`` is set when the token holds only part of a UTF-8 character; ``text``
-    then shows those bytes as ``\\x`` escapes instead of "�".
+    then shows those bytes as ``\\x`` escapes instead of "�". ``from_server``: the numbers come
+    from a server's top-k log-probabilities (a remote engine), so ``entropy`` is a lower bound over
+    the returned alternatives, and a prompt token may have no probability (``None``).
     """
 
     text: str
@@ -50,6 +52,7 @@ class ExplainedToken:
     alternative_ids: tuple[int, ...] = ()
     sampled_probability: float | None = None
     partial_bytes: bytes | None = None
+    from_server: bool = False
 
 
 @dataclass(frozen=True)
@@ -186,8 +189,17 @@ def quoted(text: str) -> str:
 def token_title(token: ExplainedToken, joined: str | None = None) -> str:
     """The hover text of one token: probability, entropy, what sampling saw, the alternatives."""
     lines = [quoted(token.text) + (" (prompt)" if token.is_prompt else "")]
-    if token.probability is None:
+    if token.probability is None and token.from_server:
+        lines.append("the server reports no probability for this prompt token")
+    elif token.probability is None:
         lines.append("the first token: nothing before it to predict it from")
+    elif token.from_server:
+        bound = (
+            ""
+            if token.entropy is None
+            else f" · entropy ≥ {token.entropy:.2f} nats (the server lists only its top tokens)"
+        )
+        lines.append(f"P = {percent(token.probability)}{bound}")
     else:
         lines.append(f"P = {percent(token.probability)} · entropy {token.entropy:.2f} nats")
     if token.sampled_probability is not None:
@@ -244,7 +256,7 @@ def _table(tokens: Sequence[ExplainedToken]) -> str:
     rows = []
     for position, token in enumerate(tokens):
         chance = "–" if token.probability is None else percent(token.probability)
-        entropy = "–" if token.entropy is None else f"{token.entropy:.2f}"
+        entropy = "–" if token.entropy is None else ("≥ " if token.from_server else "") + f"{token.entropy:.2f}"
         others = ", ".join(f"{quoted(text)} {percent(p)}" for text, p in token.alternatives)
         cells = (str(position), quoted(token.text), "prompt" if token.is_prompt else "new", chance, entropy, others)
         rows.append("<tr>" + "".join(f'<td style="padding:0 8px">{html.escape(c)}</td>' for c in cells) + "</tr>")
@@ -254,9 +266,11 @@ def _table(tokens: Sequence[ExplainedToken]) -> str:
 
 def render_explanation(explanation: Explanation) -> str:
     """The whole view: how the text was chosen, a legend, the coloured text, and a table to open."""
+    served = any(token.from_server for token in explanation.tokens)
+    note = "; numbers from the server's top-k log-probabilities: entropy is a lower bound over them" if served else ""
     return (
         '<div class="hfllm-explain">'
-        f'<div style="font-size:12px;color:#555">{html.escape(_describe(explanation.settings))}; '
+        f'<div style="font-size:12px;color:#555">{html.escape(_describe(explanation.settings) + note)}; '
         "hover over a token for its alternatives and entropy; dotted underline = prompt</div>"
         f"{_legend()}"
         f'<div class="hfllm-explain-text" style="{_TEXT_STYLE}">{render_tokens_html(explanation.tokens)}</div>'

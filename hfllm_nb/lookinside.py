@@ -19,7 +19,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from . import _budgets, _options, _validation
+from . import _budgets, _options, _remote_explain, _validation
 from .distributions import check_top_k, sampling_warpers, summarize
 from .engines.base import END_OF_TEXT, LENGTH, STOP_STRING, STOPPED
 from .errors import GenerationError
@@ -146,6 +146,9 @@ def explain(
 
     >>> llm.explain("The capital of France is", max_new_tokens=3)   # doctest: +SKIP
     """
+    if _remote_explain.is_remote(llm):  # a server: from its log-probabilities
+        settings = {"max_new_tokens": max_new_tokens, "top_k": top_k, "sampling_top_k": sampling_top_k}
+        return _remote_explain.explain(llm, prompt, **settings, **generate_kwargs)
     if sampling_top_k is not None:
         generate_kwargs["top_k"] = sampling_top_k
     decode = decode or (lambda batch, width, new_tokens: {})
@@ -178,6 +181,11 @@ def explain_stream(
     >>> for token in explain_stream(llm, "Once upon a time,", max_new_tokens=5):   # doctest: +SKIP
     ...     print(repr(token.text), round(token.probability, 3))
     """
+    if _remote_explain.is_remote(llm):  # a server: from its log-probabilities
+        return _remote_explain.explain_stream(
+            llm, prompt, max_length, max_new_tokens=max_new_tokens, alternatives=alternatives,
+            add_special_tokens=add_special_tokens, stop_event=stop_event, **generate_kwargs,
+        )  # fmt: skip
     if not isinstance(add_special_tokens, bool):
         raise TypeError(f"add_special_tokens must be True or False, not {add_special_tokens!r}.")
     request = _check(llm, prompt, max_length, max_new_tokens, alternatives, generate_kwargs, "alternatives")

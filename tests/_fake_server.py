@@ -8,6 +8,8 @@ serve`` (tests/_server.py); this one never stands in for it.
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,8 +21,10 @@ class FakeServer:
 
     Modes: "ok" (streams ``words`` then finishes), "slow" (one piece, then only SSE comments
     until ``release`` is set or 30 s pass), "silent" (one piece, then nothing at all),
-    "malformed", "error_event", "drop" (closes mid-stream), "status:NNN" (answers every POST
-    with that HTTP status and ``message``). With ``required_key`` set, any other key gets 401.
+    "malformed", "bad_shape" (valid JSON, wrong shape: ``{"choices": "oops"}``), "error_event",
+    "drop" (closes mid-stream), "no_headers" (sends nothing, not even headers, until ``release``,
+    30 s, or the client hangs up), "status:NNN" (answers every POST with that HTTP status and
+    ``message``). With ``required_key`` set, any other key gets 401.
     """
 
     def __init__(self, models: list[dict[str, Any]] | None = None) -> None:
@@ -29,6 +33,8 @@ class FakeServer:
         self.message = "fake failure"
         self.required_key: str | None = None
         self.words = ["Hello", " there", "."]
+        # With ``logprobs`` in a request: each word's log-probability, and these alternatives too.
+        self.logprobs: dict[str, float] | None = None
         self.requests: list[dict[str, Any]] = []  # bodies of POSTs, newest last
         self.auth_headers: list[str] = []
         self.release = threading.Event()
@@ -80,6 +86,9 @@ def _handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
             if self._refused():
                 return
             fake.requests.append(body)
+            if fake.mode == "no_headers":
+                self._wait_silently()
+                return
             if fake.mode.startswith("status:"):
                 status = int(fake.mode.split(":")[1])
                 self._json(status, {"error": {"message": fake.message, "code": status}})
@@ -93,10 +102,23 @@ def _handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 fake.disconnected.set()
 
+        def _wait_silently(self) -> None:
+            """Answer nothing; notice a client that hangs up (its socket reads as closed)."""
+            deadline = time.monotonic() + 30
+            while not fake.release.is_set() and time.monotonic() < deadline:
+                readable, _, _ = select.select([self.connection], [], [], 0.05)
+                if readable and self.connection.recv(1, socket.MSG_PEEK) == b"":
+                    fake.disconnected.set()
+                    break
+            self.close_connection = True
+
         def _stream(self, body: dict[str, Any]) -> None:
             chat = "messages" in body
             if fake.mode == "malformed":
                 self._send("data: {this is not json\n\n")
+                return
+            if fake.mode == "bad_shape":
+                self._send('data: {"choices": "oops"}\n\n')
                 return
             if fake.mode == "error_event":
                 self._send(_chunk(chat, "Hel"))
@@ -115,7 +137,7 @@ def _handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
                         self._send(": keep-alive\n\n")  # an SSE comment: no event, but finds a closed client
                 return
             for word in fake.words:
-                self._send(_chunk(chat, word))
+                self._send(_chunk(chat, word, logprobs=fake.logprobs if body.get("logprobs") else None))
             self._send(_chunk(chat, "", finish="stop", usage=len(fake.words)))
             self._send("data: [DONE]\n\n")
 
@@ -134,8 +156,18 @@ def _handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _chunk(chat: bool, text: str, finish: str | None = None, usage: int | None = None) -> str:
+def _chunk(
+    chat: bool, text: str, finish: str | None = None, usage: int | None = None, logprobs: dict | None = None
+) -> str:
     choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+    if logprobs is not None:
+        top = {**logprobs, text: logprobs.get(text, -0.5)}
+        choice["logprobs"] = {
+            "tokens": [text],
+            "token_logprobs": [top[text]],
+            "top_logprobs": [top],
+            "text_offset": [0],
+        }
     if chat:
         choice["delta"] = {"content": text}
     else:

@@ -1,4 +1,9 @@
-"""Start and stop a real ``transformers serve`` for the remote-engine tests, offline on the CPU.
+"""Start and stop the real servers of the remote-engine tests, offline on the CPU, on 127.0.0.1.
+
+``ServeProcess``: ``transformers serve`` on the converted default model (float32).
+``LlamaCppProcess``: llama-cpp-python's server on the default model's GGUF file as shipped (Q4_1),
+built once per machine by ``.ci/llama-cpp.sh``. In CI (``CI`` set) a missing llama.cpp fails
+the tests instead of skipping them, as a missing browser does.
 
 >>> server = ServeProcess(folder).start()     # doctest: +SKIP
 >>> server.url                                 # doctest: +SKIP
@@ -18,6 +23,10 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+import pytest
+
+LLAMA_CPP_THREADS = 2  # the CI runner's cores; the server is single-threaded per model anyway
 
 
 def free_port() -> int:
@@ -45,14 +54,36 @@ def serve_command(folder: str | os.PathLike, port: int) -> list[str]:
     ]
 
 
+def llama_cpp_command(gguf: str | os.PathLike, port: int) -> list[str]:
+    """llama-cpp-python's OpenAI-compatible server on ``gguf``, 2048 tokens of context, on 127.0.0.1:port."""
+    return [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+        "--n_ctx", "2048", "--n_threads", str(LLAMA_CPP_THREADS), "--n_threads_batch", str(LLAMA_CPP_THREADS),
+    ]  # fmt: skip
+
+
+def require_llama_cpp() -> None:
+    """Skip without llama-cpp-python's server, or fail in CI, where ``.ci/llama-cpp.sh`` installs it."""
+    try:
+        import llama_cpp.server.app  # noqa: F401
+    except ImportError as exc:
+        reason = f"llama-cpp-python[server] is not installed ({exc}); run: bash .ci/llama-cpp.sh {sys.executable}"
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"CI must run the llama.cpp tests, but {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
 class ServeProcess:
     """One ``transformers serve`` subprocess; ``start`` waits until it lists its model."""
+
+    name = "transformers serve"
+    exact = True  # computes as in-process float32 does: the same text token for token
 
     def __init__(self, folder: str | os.PathLike, port: int | None = None) -> None:
         self.folder = str(folder)
         self.port = port or free_port()
         self.process: subprocess.Popen | None = None
-        handle, name = tempfile.mkstemp(prefix="transformers-serve-", suffix=".log")
+        handle, name = tempfile.mkstemp(prefix=self.name.replace(" ", "-").replace(".", "") + "-", suffix=".log")
         os.close(handle)
         self.log_path = Path(name)
 
@@ -60,11 +91,14 @@ class ServeProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    def command(self) -> list[str]:
+        return serve_command(self.folder, self.port)
+
     def start(self, timeout: float = 120.0) -> ServeProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
-                serve_command(self.folder, self.port),
+                self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -74,12 +108,12 @@ class ServeProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"transformers serve exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
             if self.answers():
                 return self
             time.sleep(0.25)
         self.stop()
-        raise RuntimeError(f"transformers serve did not answer within {timeout:g} s:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.name} did not answer within {timeout:g} s:\n{self.log_tail()}")
 
     def answers(self) -> bool:
         """True once GET /v1/models lists the model (the weights are loaded)."""
@@ -106,3 +140,13 @@ class ServeProcess:
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class LlamaCppProcess(ServeProcess):
+    """llama-cpp-python's server (``python -m llama_cpp.server``) on a GGUF file."""
+
+    name = "llama.cpp"
+    exact = False  # Q4_1 weights, 8-bit activations: texts part from float32 where it is unsure
+
+    def command(self) -> list[str]:
+        return llama_cpp_command(self.folder, self.port)

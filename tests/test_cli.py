@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from _fake_server import FakeServer
 
 import hfllm_nb.llm
 from hfllm_nb import cli
@@ -129,6 +130,27 @@ def test_a_load_failure_exits_1_with_one_line_and_no_traceback(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hfllm-nb: error: Could not load model")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("mode", "code"), [("status:500", 1), ("status:400", 1), ("bad_shape", 1)])
+@pytest.mark.parametrize("stream", [[], ["--stream"]], ids=["plain", "stream"])
+def test_a_server_error_exits_1_with_nothing_on_stdout(default_model_dir, mode, code, stream):
+    with FakeServer() as fake:
+        fake.mode = mode
+        result = run_in_process(["generate", "Hello", "--endpoint", fake.url, "--max-new-tokens", "3", *stream])
+    assert result[:2] == (code, "")
+    assert result[2].count("\n") == 1 and result[2].startswith("hfllm-nb: error: ") and fake.url in result[2]
+
+
+def test_device_with_endpoint_is_refused_like_dtype(default_model_dir):
+    with FakeServer() as fake:
+        for flag, value in (("--device", "cpu"), ("--dtype", "float32")):
+            code, out, err = run_in_process(["generate", "Hi", "--endpoint", fake.url, flag, value])
+            assert (code, out) == (2, "")
+            assert err.count("\n") == 1 and flag[2:] in err and "endpoint" in err
+        assert fake.requests == []  # refused before any request
+        code, out, _ = run_in_process(["generate", "Hi", "--endpoint", fake.url, "--max-new-tokens", "3"])
+        assert (code, out) == (0, "HiHello there.\n")
 
 
 def test_info_reports_versions_devices_memory_and_the_cache(default_model_dir):

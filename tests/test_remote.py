@@ -1,8 +1,10 @@
-"""HuggingFaceLLM(endpoint=...): against a real ``transformers serve`` on this machine, plus a fake for faults.
+"""HuggingFaceLLM(endpoint=...): against two real servers on this machine, plus a fake for faults.
 
-The real server runs the default model in float32 on the CPU, so its greedy text must equal the
-in-process float32 text token for token. The fake server (tests/_fake_server.py) only adds the
-faults a real one will not produce on demand.
+``transformers serve`` runs the default model in float32 on the CPU, so its greedy text must equal
+the in-process float32 text token for token. llama.cpp (llama-cpp-python's server) runs the GGUF
+file as shipped, Q4_1 weights with 8-bit activations: its greedy text is checked where the model is
+sure (tests/test_llama_cpp.py measures how far it goes). The fake server (tests/_fake_server.py)
+only adds the faults a real one will not produce on demand.
 """
 
 from __future__ import annotations
@@ -14,18 +16,23 @@ import traceback
 
 import pytest
 from _fake_server import FakeServer
-from _server import ServeProcess, free_port
+from _server import LlamaCppProcess, ServeProcess, free_port, require_llama_cpp
 
 from hfllm_nb import GenerationError, HuggingFaceLLM, ModelLoadError
+from hfllm_nb.default_model import find_default_gguf
 from hfllm_nb.engines import END_OF_TEXT, LENGTH, STOP_STRING, STOPPED
 from hfllm_nb.engines._openai_wire import finish_reason, pick_served_model
 
 SECRET = "sk-test-3f9a1c-never-shown"
 
 
-@pytest.fixture(scope="module")
-def server(default_model_dir):
-    process = ServeProcess(default_model_dir).start()
+@pytest.fixture(scope="module", params=["transformers serve", "llama.cpp"])
+def server(request, default_model_dir):
+    if request.param == "llama.cpp":
+        require_llama_cpp()
+        process = LlamaCppProcess(find_default_gguf()).start()
+    else:
+        process = ServeProcess(default_model_dir).start()
     yield process
     process.stop()
 
@@ -54,7 +61,7 @@ def fake():
 @pytest.mark.parametrize(
     ("prompt", "lengths"),
     [
-        ("The capital of France is", {"max_new_tokens": 10}),
+        ("The best way to learn is", {"max_new_tokens": 10}),  # llama.cpp agrees with float32 here too
         ("Once upon a time,", {"max_length": 14}),
         (["The future of AI is", "def fibonacci(n):"], {"max_new_tokens": 8, "return_full_text": False}),
     ],
@@ -78,31 +85,44 @@ def test_stream_joined_equals_the_continuation(remote, local32):
     assert 0 < remote.last_stats.time_to_first_token < remote.last_stats.seconds
 
 
-def test_chat_reply_equals_in_process_reply(remote, local32):
+def test_chat_reply_equals_in_process_reply(remote, local32, server):
     question = [{"role": "user", "content": "What is the capital of France?"}]
     reply = remote.chat(question, max_new_tokens=20)
-    assert reply == local32.chat(question, max_new_tokens=20)
-    assert remote.last_stats.finish_reasons == local32.last_stats.finish_reasons == (END_OF_TEXT,)
+    if server.exact:
+        assert reply == local32.chat(question, max_new_tokens=20)
+        assert remote.last_stats.finish_reasons == local32.last_stats.finish_reasons == (END_OF_TEXT,)
+    else:  # llama.cpp parts from float32 at the first token here ("L'" against "The"), so: its template is ours
+        formatted = remote.generate(remote.format_chat(question), max_new_tokens=20, return_full_text=False)
+        assert reply == formatted
     assert "".join(remote.chat(question, max_new_tokens=20, stream=True)) == reply
     # repetition_penalty travels in transformers serve's generation_config: the end token must still end it.
+    ending = remote.last_stats.finish_reasons
     assert remote.chat(question, max_new_tokens=20, repetition_penalty=1.0) == reply
-    assert remote.last_stats.finish_reasons == (END_OF_TEXT,)
+    assert remote.last_stats.finish_reasons == ending
 
 
-def test_stop_strings_end_the_text_as_in_process(remote, local32):
+def test_stop_strings_end_the_text_as_in_process(remote, local32, server):
     options = {"max_new_tokens": 20, "stop_strings": ["."]}
-    assert remote.generate("The capital of France is", **options) == local32.generate(
-        "The capital of France is", **options
-    )
-    assert remote.last_stats.finish_reasons == (STOP_STRING,)
+    expected = local32.generate("The capital of France is", **options)  # "… Paris."
+    if server.exact:
+        assert remote.generate("The capital of France is", **options) == expected
+        assert remote.last_stats.finish_reasons == (STOP_STRING,)
+    else:  # llama.cpp cuts the stop string without naming it (README: What each server supports)
+        assert remote.generate("The capital of France is", **options) == expected.removesuffix(".")
+        assert remote.last_stats.finish_reasons == (END_OF_TEXT,)
 
 
-def test_seeded_sampling_equals_in_process_sampling(remote, local32):
+def test_seeded_sampling_equals_in_process_sampling(remote, local32, server):
     # transformers serve samples only through its generation_config field: temperature alone stays greedy.
     options = {"max_new_tokens": 8, "do_sample": True, "seed": 3, "temperature": 0.9, "top_k": 20}
     sampled = remote.generate("Once upon a time", **options)
-    assert sampled == local32.generate("Once upon a time", **options)
-    assert sampled != local32.generate("Once upon a time", max_new_tokens=8)
+    greedy = local32.generate("Once upon a time", max_new_tokens=8)
+    if server.exact:
+        assert sampled == local32.generate("Once upon a time", **options)
+    else:  # another random generator: the seed repeats the text, and top_k=1 samples the greedy token
+        assert sampled == remote.generate("Once upon a time", **options)
+        assert remote.generate("Once upon a time", **{**options, "top_k": 1}) == greedy
+    assert sampled != greedy
 
 
 def test_stop_mid_stream_ends_it_quickly_and_frees_the_server(remote):
@@ -150,10 +170,10 @@ def test_the_cli_generates_on_the_server_like_in_process(server, local32):
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "hfllm_nb", "generate", "The capital of France is", "--max-new-tokens", "6"]
+    command = [sys.executable, "-m", "hfllm_nb", "generate", "Once upon a time,", "--max-new-tokens", "6"]
     result = subprocess.run([*command, "--endpoint", server.url], capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == local32.generate("The capital of France is", max_new_tokens=6) + "\n"
+    assert result.stdout == local32.generate("Once upon a time,", max_new_tokens=6) + "\n"
 
 
 def test_the_panel_drives_the_server_unchanged(remote, server):
@@ -286,6 +306,7 @@ def test_a_named_stop_string_is_put_back_as_in_process():
         ("status:429", GenerationError, "HTTP 429"),
         ("status:400", ValueError, "HTTP 400: fake failure"),
         ("malformed", GenerationError, "malformed"),
+        ("bad_shape", GenerationError, r"malformed.*\{.choices.: ?.oops.\}"),
         ("error_event", GenerationError, "the model fell over"),
         ("drop", GenerationError, "without finishing|connection"),
     ],
@@ -318,6 +339,30 @@ def test_stop_while_the_server_is_silent_returns_at_once_and_hangs_up(fake):
     assert time.perf_counter() - started < 2
     assert llm.last_stats.finish_reasons == (STOPPED,)
     assert fake.disconnected.wait(3)  # the server saw the connection close
+
+
+def test_stop_before_the_response_headers_hangs_up_and_leaves_no_thread(fake):
+    llm = HuggingFaceLLM(endpoint=fake.url)
+    fake.mode = "no_headers"  # the server holds the request: no status line, no headers, nothing
+    readers_before = _readers()
+    for _ in range(3):
+        fake.disconnected.clear()
+        threading.Timer(0.3, llm.stop).start()
+        started = time.perf_counter()
+        assert llm.generate("Hi", max_new_tokens=5, return_full_text=False) == ""
+        assert time.perf_counter() - started < 2
+        assert llm.last_stats.finish_reasons == (STOPPED,)
+        assert fake.disconnected.wait(3)  # the server saw the connection close
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and _readers() - readers_before:
+        time.sleep(0.05)
+    assert not _readers() - readers_before  # every reader thread ended
+    fake.mode = "ok"
+    assert llm.generate("Hi", max_new_tokens=3, return_full_text=False) == "Hello there."
+
+
+def _readers() -> set[threading.Thread]:
+    return {thread for thread in threading.enumerate() if thread.name == "hfllm_nb-remote"}
 
 
 def test_a_server_gone_quiet_times_out_with_a_clear_error(fake):

@@ -1,7 +1,7 @@
 """Turn the ``openai`` client's exceptions into ours, with messages that say what to check.
 
-Bad input (HTTP 4xx) is a ``ValueError``; a server that fails or vanishes is a ``GenerationError``;
-at connection time everything is a ``ModelLoadError``. No message ever carries the API key.
+Bad input (HTTP 4xx) is a ``ValueError`` (``RequestRejected``); a server that fails or vanishes is a
+``GenerationError``; at connection time everything is a ``ModelLoadError``. No message ever carries the API key.
 """
 
 from __future__ import annotations
@@ -11,6 +11,10 @@ from typing import Any
 from ..errors import GenerationError, ModelLoadError
 
 _MESSAGE_LIMIT = 300
+
+
+class RequestRejected(ValueError):
+    """The server refused a request as bad input (HTTP 4xx): fix the call, the server is fine."""
 
 
 def import_openai() -> Any:
@@ -115,8 +119,8 @@ def request_failure(
         return GenerationError(f"The server at {url} failed (HTTP {status}: {message}). Try again, or check its log.")
     named = sorted({ours for wire, ours in sent.items() if wire in message})
     if named:
-        return ValueError(
+        return RequestRejected(
             f"The server at {url} does not accept {', '.join(named)} (HTTP {status}: {message}). "
             "Drop the option, or see which server takes it (README: Remote engines)."
         )
-    return ValueError(f"The server at {url} rejected the request (HTTP {status}: {message}).")
+    return RequestRejected(f"The server at {url} rejected the request (HTTP {status}: {message}).")

@@ -1,4 +1,10 @@
-"""Read one streamed OpenAI-compatible reply in a thread, so Stop never waits on the network."""
+"""Read one streamed OpenAI-compatible reply in a thread, so Stop never waits on the network.
+
+Stop must hang up even before the server has sent its response headers (a long prompt, a busy
+server), when the ``openai`` client has not yet handed back anything that holds the socket. So
+the HTTP client reports each new TCP connection through httpx's ``trace`` extension to the reader
+that opened it (``http_client``), and connections are never pooled: each request has its own.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,31 @@ import contextlib
 import queue
 import socket
 import threading
+import warnings
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
+
+_opening = threading.local()  # .reader: the StreamReader whose request this thread is sending
+
+
+def http_client(openai: Any, timeout: Any) -> Any:
+    """The ``openai`` client's own HTTP client, with one connection per request, reported to its reader."""
+    limits = type(openai.DEFAULT_CONNECTION_LIMITS)(max_connections=1000, max_keepalive_connections=0)
+    return openai.DefaultHttpxClient(timeout=timeout, limits=limits, event_hooks={"request": [_trace_request]})
+
+
+def _trace_request(request: Any) -> None:
+    request.extensions["trace"] = _on_trace
+
+
+def _on_trace(event: str, info: dict[str, Any]) -> None:
+    if event == "connection.connect_tcp.complete":
+        reader = getattr(_opening, "reader", None)
+        network = info.get("return_value")
+        if reader is not None and network is not None:
+            with contextlib.suppress(Exception):
+                reader._connected(network.get_extra_info("socket"))
 
 
 @dataclass
@@ -46,11 +74,13 @@ class StreamReader:
         self._thread.start()
 
     def _read(self, resource: Any, kwargs: dict[str, Any]) -> None:
+        _opening.reader = self
         try:
             stream = resource.create(**kwargs)
+            _opening.reader = None
             with self._lock:
                 self._stream = stream
-                self._socket = _socket_of(stream)
+                self._socket = self._socket or _socket_of(stream)
             if self._quit.is_set():
                 return
             for chunk in stream:
@@ -61,10 +91,21 @@ class StreamReader:
         except BaseException as exc:  # handed to the consumer, which raises it
             self._queue.put(("error", exc))
         finally:
+            _opening.reader = None
             with self._lock:
                 self._done = True
                 if self._stream is not None:
                     self._stream.close()
+
+    def _connected(self, sock: Any) -> None:
+        """Called in the reader thread once the request's TCP connection is open; hangs up if already closed."""
+        if not isinstance(sock, socket.socket):
+            return
+        with self._lock:
+            self._socket = sock
+            if self._quit.is_set():
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def chunks(self, stop: Any) -> Generator[Any, None, None]:
         """Yield chunks until the stream ends or ``stop`` is set; raise the reader's error."""
@@ -88,7 +129,7 @@ class StreamReader:
         self._quit.set()
         with self._lock:
             if self._done or self._socket is None:
-                return  # not connected yet, or finished: the reader closes what it opened
+                return  # finished, or not connected yet (``_connected`` then hangs up at once)
             with contextlib.suppress(OSError):  # the peer may have closed it already
                 self._socket.shutdown(socket.SHUT_RDWR)
 
@@ -104,17 +145,46 @@ def _socket_of(stream: Any) -> socket.socket | None:
 
 
 def take_chunk(chunk: Any, reply: Reply, chat: bool) -> str:
-    """Record one chunk's finish reason and usage in ``reply``; return its text."""
+    """Record one chunk's finish reason and usage in ``reply``; return its text.
+
+    The ``openai`` client does not check a chunk's shape, so a reply such as ``{"choices": "oops"}``
+    arrives as is: it raises ValueError quoting the chunk, never an AttributeError from deep inside.
+    """
+    try:
+        return _read_chunk(chunk, reply, chat)
+    except (AttributeError, TypeError, IndexError, KeyError):
+        raise ValueError(f"a chunk this client cannot read: {_shown(chunk)}") from None
+
+
+def _read_chunk(chunk: Any, reply: Reply, chat: bool) -> str:
     usage = getattr(chunk, "usage", None)
     if usage is not None and getattr(usage, "completion_tokens", None) is not None:
         reply.usage_tokens = int(usage.completion_tokens)
-    if not chunk.choices:  # vLLM sends usage in a last chunk of its own
+    choices = chunk.choices
+    if not choices:  # vLLM sends usage in a last chunk of its own
         return ""
-    choice = chunk.choices[0]
+    if not isinstance(choices, list):
+        raise TypeError(choices)
+    choice = choices[0]
     if choice.finish_reason is not None:
-        reply.finish = choice.finish_reason
+        reply.finish = str(choice.finish_reason)
         reply.matched = getattr(choice, "stop_reason", None) or getattr(choice, "matched_stop", None)
     if chat:
         delta = getattr(choice, "delta", None)
-        return (getattr(delta, "content", None) or "") if delta is not None else ""
-    return getattr(choice, "text", None) or ""
+        text = (getattr(delta, "content", None) or "") if delta is not None else ""
+    else:
+        text = getattr(choice, "text", None) or ""
+    if not isinstance(text, str):
+        raise TypeError(text)
+    return text
+
+
+def _shown(chunk: Any) -> str:
+    """The chunk as the server sent it (its JSON), cut short."""
+    try:
+        with warnings.catch_warnings():  # pydantic warns that the shape is wrong: we know
+            warnings.simplefilter("ignore")
+            text = chunk.to_json(indent=None)
+    except Exception:
+        text = repr(chunk)
+    return text if len(text) <= 200 else text[:199] + "…"

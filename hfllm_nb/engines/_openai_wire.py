@@ -36,10 +36,17 @@ _EXTRA_NAMES = {
     },
     "llama.cpp": {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repeat_penalty"},
 }
-# Server defaults that differ from transformers' and would change the text unless sent: llama-server
-# applies min_p 0.05 (and, in older builds, repeat_penalty 1.1) to every request.
-_NEUTRAL = {"llama.cpp": {"min_p": 0.0, "repetition_penalty": 1.0}}
 TRANSFORMERS = "transformers serve"
+LLAMA_CPP_PYTHON = "llama-cpp-python"  # llama.cpp's wire names, its own tokenizer routes
+_EXTRA_NAMES[LLAMA_CPP_PYTHON] = _EXTRA_NAMES["llama.cpp"]
+# Server defaults that differ from transformers' and would change the text unless sent. Both llama.cpp
+# servers apply min_p 0.05, top_k 40 and top_p 0.95 to every request; llama-cpp-python's server also
+# repeat_penalty 1.1 (llama-server: 1.0 now, 1.1 in older builds). Greedy text changes only through
+# the penalty (temperature 0 picks the most likely token after it); sampling through all of them.
+_LLAMA_NEUTRAL = {"min_p": 0.0, "repetition_penalty": 1.0}
+_NEUTRAL = {"llama.cpp": _LLAMA_NEUTRAL, LLAMA_CPP_PYTHON: _LLAMA_NEUTRAL}
+# Where a top_k of 0 means "off" on the wire as in transformers (elsewhere it is left out).
+_TOP_K_ZERO_IS_OFF = frozenset({"llama.cpp", LLAMA_CPP_PYTHON})
 
 
 def refuse_in_process_only(options: dict[str, Any]) -> None:
@@ -57,7 +64,8 @@ def detect_dialect(models: list[dict[str, Any]]) -> str:
     """Which family of server lists these models (GET /v1/models), for its non-standard options.
 
     ``transformers serve`` marks each entry with ``status`` (loaded / unloaded); llama.cpp's
-    ``llama-server`` says ``owned_by: llamacpp``. Everything else gets vLLM's names, which SGLang shares.
+    ``llama-server`` says ``owned_by: llamacpp``; llama-cpp-python's server ``owned_by: me`` with a
+    ``permissions`` list. Everything else gets vLLM's names, which SGLang shares.
     """
     for entry in models:
         status = entry.get("status")
@@ -65,6 +73,8 @@ def detect_dialect(models: list[dict[str, Any]]) -> str:
             return TRANSFORMERS
         if entry.get("owned_by") == "llamacpp":
             return "llama.cpp"
+        if entry.get("owned_by") == "me" and isinstance(entry.get("permissions"), list):
+            return LLAMA_CPP_PYTHON
     return "openai"
 
 
@@ -78,8 +88,8 @@ def sampling_body(options: dict[str, Any], defaults: dict[str, Any], dialect: st
     chosen: dict[str, Any] = {}
     if sampling:
         chosen = {name: options.get(name, defaults[name]) for name in ("temperature", "top_p", "top_k")}
-        if chosen["top_k"] == 0:  # 0 turns top-k off in transformers; servers spell "off" differently
-            del chosen["top_k"]
+        if chosen["top_k"] == 0 and dialect not in _TOP_K_ZERO_IS_OFF:
+            del chosen["top_k"]  # 0 turns top-k off in transformers; other servers spell "off" differently
     for name in ("min_p", "repetition_penalty", "min_new_tokens"):
         if options.get(name) is not None:
             chosen[name] = options[name]

@@ -15,8 +15,8 @@ from typing import Any
 
 from .. import _loading
 from ..errors import GenerationError, ModelLoadError
-from . import _openai_errors, _openai_wire
-from ._openai_stream import Reply, StreamReader, take_chunk
+from . import _openai_errors, _openai_logprobs, _openai_wire, _server_tokenizer
+from ._openai_stream import Reply, StreamReader, http_client, take_chunk
 from .base import STOPPED, Completion, EngineRequest, EngineResult
 
 logger = logging.getLogger("hfllm_nb")
@@ -27,6 +27,7 @@ FALLBACK_CONTEXT = 2048  # when neither the server, the config nor the tokenizer
 _PLACEHOLDER_KEY = "EMPTY"  # the openai client insists on a key; servers without --api-key ignore it
 # load_kwargs that mean something for a tokenizer; the others configure weights the server holds.
 _TOKENIZER_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
+_TRANSFORMERS_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}  # transformers' own defaults
 
 
 class RemoteEngine:
@@ -77,22 +78,30 @@ class RemoteEngine:
         key = api_key or os.environ.get("HFLLM_NB_API_KEY") or os.environ.get("OPENAI_API_KEY")
         self._secret = key
         source = _loading.resolve_source(model_id)
+        timeouts = self._openai.Timeout(self.timeout, connect=min(self.timeout, CONNECT_CHECK_S / 2))
+        self._http = http_client(self._openai, timeouts)  # Stop can hang up before the headers come
         self._client = self._openai.OpenAI(
             base_url=self.endpoint,
             api_key=key or _PLACEHOLDER_KEY,
-            timeout=self._openai.Timeout(self.timeout, connect=min(self.timeout, CONNECT_CHECK_S / 2)),
+            timeout=timeouts,
             max_retries=0,  # a retry would hide a dead server for seconds; we report at once instead
+            http_client=self._http,
         )
         self._closed = False
+        self._vocabulary: _openai_logprobs.VocabularyText | None = None  # built on the first explain
         try:
             hints = [str(model_id) if model_id is not None else "", source.location]
             entry = self._check_server(served_model, hints, key)
             self.served_model: str = entry["id"]
             self._dialect = _openai_wire.detect_dialect([entry])
-            self.tokenizer = _loading.load_tokenizer(
-                source, trust_remote_code=trust_remote_code, load_kwargs=load_kwargs
-            )
-            local = _local_settings(source, trust_remote_code, load_kwargs)
+            try:
+                self.tokenizer = _loading.load_tokenizer(
+                    source, trust_remote_code=trust_remote_code, load_kwargs=load_kwargs
+                )
+                local = _local_settings(source, trust_remote_code, load_kwargs)
+            except ModelLoadError as exc:  # no tokenizer here: the server's own, where it has one
+                self.tokenizer = self._server_tokenizer(exc, key)
+                local = {"sampling": dict(_TRANSFORMERS_SAMPLING)}
         except BaseException:
             self.close()
             raise
@@ -138,12 +147,47 @@ class RemoteEngine:
         first = reply.first_at - reply.started if reply.first_at is not None else None
         return EngineResult([self._completion(request, reply)], time.perf_counter() - reply.started, first)
 
+    def explain_stream(
+        self, request: EngineRequest, alternatives: int, stop_event: Any = None
+    ) -> Generator[Any, None, EngineResult]:
+        """Yield each new token as an ``ExplainedToken`` from the server's log-probabilities (completions).
+
+        A server that ignores ``logprobs`` (``transformers serve``) raises GenerationError naming
+        the servers that return them. ``stop_event`` (anything with ``is_set()``) stops it like Stop.
+        """
+        if len(request.prompts) != 1 or request.messages is not None:
+            raise TypeError("explain takes one prompt string (format a chat with llm.format_chat first).")
+        if isinstance(self.tokenizer, _server_tokenizer.ServerTokenizer):
+            raise GenerationError(
+                "explain maps the server's tokens to ids with the model's tokenizer, and none loads here; "
+                "pass model_id= naming the model's hub id or folder."
+            )
+        if self._vocabulary is None:
+            self._vocabulary = _openai_logprobs.VocabularyText(self.tokenizer)
+        reply = Reply(time.perf_counter())
+        stop = _Either(request.stop, stop_event)
+        yield from self._pieces(request, 0, reply, logprobs=alternatives, stop=stop)
+        first = reply.first_at - reply.started if reply.first_at is not None else None
+        return EngineResult([self._completion(request, reply)], time.perf_counter() - reply.started, first)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._client.close()
 
     # ----------------------------------------------------------------- internals
+
+    def _server_tokenizer(self, failure: ModelLoadError, key: str | None) -> Any:
+        """The server's tokenizer over HTTP (llama.cpp, vLLM), or ``failure`` raised when it has none."""
+        found = _server_tokenizer.connect(self._http, self.endpoint, self.served_model, self._dialect, key)
+        if found is None:
+            raise failure
+        logger.warning(
+            "No tokenizer for this model loads here (%s); counting tokens with the server's own (%s).",
+            " ".join(str(failure).split())[:200],
+            found,
+        )
+        return found
 
     def _check_server(self, served_model: str | None, hints: list[str], key: str | None) -> dict[str, Any]:
         """List the served models (within CONNECT_CHECK_S) and pick ours; ModelLoadError saying why not."""
@@ -171,8 +215,10 @@ class RemoteEngine:
             )
         return next(e for e in entries if e.get("id") == chosen)
 
-    def _pieces(self, request: EngineRequest, index: int, reply: Reply) -> Generator[str, None, None]:
-        """Stream one prompt's reply into ``reply``, yielding text.
+    def _pieces(
+        self, request: EngineRequest, index: int, reply: Reply, logprobs: int | None = None, stop: Any = None
+    ) -> Generator[Any, None, None]:
+        """Stream one prompt's reply into ``reply``, yielding text (with ``logprobs``: explained tokens).
 
         A thread reads the HTTP stream; this side waits on a queue and checks Stop every 50 ms,
         so Stop ends the reply even while the server sends nothing (a long prompt, a queue on a
@@ -181,7 +227,8 @@ class RemoteEngine:
         """
         if self._closed:
             raise GenerationError(f"This remote engine ({self.description}) was closed; create a new one.")
-        if request.stop.is_set():
+        stop = stop if stop is not None else request.stop
+        if stop.is_set():
             reply.stopped = True
             return
         standard, extra, sent = _openai_wire.sampling_body(request.options, self._sampling_defaults, self._dialect)
@@ -198,11 +245,19 @@ class RemoteEngine:
             kwargs["messages"] = request.messages
         else:
             kwargs["prompt"] = request.prompts[index]
+        if logprobs is not None:
+            kwargs["logprobs"] = logprobs
         reader = StreamReader(self._client.chat.completions if chat else self._client.completions, kwargs)
         try:
-            for chunk in reader.chunks(request.stop):
+            for chunk in reader.chunks(stop):
                 text = take_chunk(chunk, reply, chat)
-                if text:
+                if logprobs is not None:
+                    explained = self._explained(chunk, text, logprobs)
+                    if explained and reply.first_at is None:
+                        reply.first_at = time.perf_counter()
+                    reply.pieces.append(text)
+                    yield from explained
+                elif text:
                     if reply.first_at is None:
                         reply.first_at = time.perf_counter()
                     reply.pieces.append(text)
@@ -212,11 +267,25 @@ class RemoteEngine:
         except ValueError as exc:  # a data line that is not JSON, from the SSE decoder
             raise GenerationError(
                 f"The server at {self._shown_url} sent a malformed stream ({type(exc).__name__}: "
-                f"{_openai_errors.scrub(str(exc), self._secret)[:200]})."
+                f"{_openai_errors.scrub(str(exc), self._secret)[:300]})."
             ) from None
         finally:
             reader.close()
         reply.stopped = reader.stopped
+
+    def _explained(self, chunk: Any, text: str, top_k: int) -> list[Any]:
+        """The explained tokens in one completions chunk; GenerationError if the server sent none."""
+        choices = getattr(chunk, "choices", None) or []
+        found = getattr(choices[0], "logprobs", None) if choices else None
+        if found is None:
+            if text:
+                raise GenerationError(
+                    f"The server at {self._shown_url} returned no token log-probabilities (it ignores "
+                    f"`logprobs`), so explain cannot run on it. Servers that return them: "
+                    f"{_openai_logprobs.SERVERS_WITH_LOGPROBS}; transformers serve does not."
+                )
+            return []
+        return _openai_logprobs.generated_tokens(found, self._vocabulary, top_k)
 
     def _completion(self, request: EngineRequest, reply: Reply) -> Completion:
         text = "".join(reply.pieces)
@@ -243,6 +312,16 @@ class RemoteEngine:
         return value if isinstance(value, int) and 0 < value < 10**7 else FALLBACK_CONTEXT
 
 
+class _Either:
+    """Set when either of two stop signals is (the request's Stop, a caller's ``stop_event``)."""
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.signals = [signal for signal in (first, second) if signal is not None]
+
+    def is_set(self) -> bool:
+        return any(signal.is_set() for signal in self.signals)
+
+
 def _local_settings(source: _loading.ModelSource, trust_remote_code: bool, load_kwargs: dict[str, Any]) -> dict:
     """Context length and sampling defaults from the model's files here, where they can be read."""
     from transformers import AutoConfig, GenerationConfig
@@ -250,7 +329,7 @@ def _local_settings(source: _loading.ModelSource, trust_remote_code: bool, load_
     kwargs = {k: load_kwargs[k] for k in _TOKENIZER_KWARGS if k in load_kwargs}
     if source.is_hub and _loading._offline_mode():
         kwargs["local_files_only"] = True
-    settings: dict[str, Any] = {"sampling": {"temperature": 1.0, "top_p": 1.0, "top_k": 50}}  # transformers' own
+    settings: dict[str, Any] = {"sampling": dict(_TRANSFORMERS_SAMPLING)}
     try:
         config = AutoConfig.from_pretrained(
             source.location, trust_remote_code=trust_remote_code, **source.extra, **kwargs
