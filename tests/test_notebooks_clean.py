@@ -34,9 +34,17 @@ def notebook(request) -> tuple[Path, nbformat.NotebookNode]:
 def test_notebooks_are_numbered_from_01_without_gaps():
     names = [p.name for p in PATHS]
     assert len(names) >= 5, f"expected the tutorial notebooks in {NOTEBOOKS}, found {names}"
-    for expected, name in enumerate(names, start=1):
-        assert re.fullmatch(rf"{expected:02d}_[a-z0-9_]+\.ipynb", name), (
-            f"{name}: notebooks are named NN_topic.ipynb and numbered 01, 02, … in order"
+    numbered = []
+    for name in names:
+        match = re.fullmatch(r"(\d\d)([b-z]?)_[a-z0-9_]+\.ipynb", name)
+        assert match, f"{name}: notebooks are named NN_topic.ipynb, or NNb_topic.ipynb for a second part of NN"
+        numbered.append((int(match.group(1)), match.group(2)))
+    numbers = sorted({number for number, _ in numbered})
+    assert numbers == list(range(1, len(numbers) + 1)), f"notebooks are numbered 01, 02, … without gaps: {names}"
+    for number, part in numbered:
+        assert part == "" or (number, "") in numbered, f"part {part} of notebook {number:02d} has no first part"
+        assert part == "" or part == "b" or (number, chr(ord(part) - 1)) in numbered, (
+            f"notebook {number:02d}{part} comes after a missing part {chr(ord(part) - 1)}"
         )
 
 
