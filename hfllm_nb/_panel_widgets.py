@@ -8,6 +8,7 @@ are used (Colab ships 7.7).
 from __future__ import annotations
 
 import html
+import threading
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
@@ -21,6 +22,29 @@ if TYPE_CHECKING:
 SLIDER_MAX_LENGTH = 2048
 WIDE = {"description_width": "initial"}
 ERROR_STYLE = "color:#c62828"
+
+
+class BackgroundRun:
+    """Stop and wait for a panel whose run reads the model from a worker thread (both panels)."""
+
+    llm: Any
+    _busy: bool
+    _stop_requested: threading.Event
+    _worker: threading.Thread | None
+
+    def stop(self) -> None:
+        """Stop the running generation within one step, as clicking Stop does."""
+        if not self._busy:
+            return  # never stop a generation that someone else started on this model
+        self._stop_requested.set()
+        self.llm.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run has ended and the panel shows it (or ``timeout`` seconds pass); True if idle."""
+        worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout)
+        return not self._busy
 
 
 def set_tooltip(widget: Any, text: str) -> Any:

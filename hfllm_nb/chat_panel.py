@@ -22,7 +22,7 @@ import ipywidgets as widgets
 
 from ._chat_render import STYLE, prompt_html, turn_html
 from ._panel_settings import CHAT_SETTINGS, check_panel_settings
-from ._panel_widgets import GenerationControls, describe_stats, error_html, set_tooltip
+from ._panel_widgets import BackgroundRun, GenerationControls, describe_stats, error_html, set_tooltip
 from .conversation import STOPPED, Conversation, PromptPlan, check_message_text
 from .errors import GenerationError
 from .monitor import MemoryMonitor
@@ -35,7 +35,7 @@ logger = logging.getLogger("hfllm_nb")
 _FULL = {"width": "100%"}
 
 
-class ChatPanel(widgets.VBox):
+class ChatPanel(BackgroundRun, widgets.VBox):
     """Chat with an instruct model: type, press Enter, watch the reply stream in; every click has a code twin.
 
     Args:
@@ -175,20 +175,6 @@ class ChatPanel(widgets.VBox):
             self.conversation.add_user(text)
 
         self._begin(edit)
-
-    def stop(self) -> None:
-        """Stop the reply within one step, as clicking Stop does; the turn keeps its text, marked stopped."""
-        if not self._busy:
-            return  # never stop a generation that someone else started on this model
-        self._stop_requested.set()
-        self.llm.stop()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the reply has ended (or ``timeout`` seconds pass); True if idle."""
-        worker = self._worker
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout)
-        return not self._busy
 
     def clear(self) -> None:
         """Forget the turns (stopping a reply first); the system prompt stays."""

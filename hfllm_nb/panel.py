@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 
 from ._panel_settings import check_panel_settings
-from ._panel_widgets import GenerationControls, describe_stats, error_html, set_tooltip
+from ._panel_widgets import BackgroundRun, GenerationControls, describe_stats, error_html, set_tooltip
 from .errors import GenerationError
 from .monitor import MemoryMonitor
 
@@ -49,7 +49,7 @@ def render_output(prompt: str, continuation: str, *, chat: bool = False, continu
     )
 
 
-class LLMPanel(widgets.VBox):
+class LLMPanel(BackgroundRun, widgets.VBox):
     """Type a prompt, press Generate, watch the text stream in.
 
     Args:
@@ -202,20 +202,6 @@ class LLMPanel(widgets.VBox):
         )
         self._worker.start()
         return True
-
-    def stop(self) -> None:
-        """Stop the running generation within one step, as clicking Stop does."""
-        if not self._busy:
-            return  # never stop a generation that someone else started on this model
-        self._stop_requested.set()
-        self.llm.stop()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the panel is idle (or ``timeout`` seconds pass); True if idle."""
-        worker = self._worker
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout)
-        return not self._busy
 
     def close(self) -> None:
         """Stop the generation and the memory readout, then close every widget."""
