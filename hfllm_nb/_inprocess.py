@@ -51,7 +51,7 @@ class InProcessViews:
 
     def logit_lens(self, prompt: str):
         """Every layer's next-token guess at every prompt position (``LogitLens``)."""
-        from .lookinside import logit_lens
+        from .logit_lens import logit_lens
 
         return logit_lens(self, prompt)
 
