@@ -206,8 +206,13 @@ def test_no_surface_gives_the_caller_an_openmp_team_of_its_own(default_model_dir
     # A parallel torch op on a second OS thread starts a second OpenMP team (one more OS thread
     # here), and with more OpenMP threads than cores every op slows down (1.26-1.37x measured).
     code = """
-        import os, torch
+        import os, time, torch
         def threads(): return len(os.listdir("/proc/self/task"))
+        def settled(target):  # a joined Python thread leaves /proc a moment after join() returns; a team stays
+            deadline = time.monotonic() + 3
+            while threads() > target and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return threads()
         from hfllm_nb import HuggingFaceLLM, NextTokenExplorer
         llm = HuggingFaceLLM()
         llm.generate("Hi there", max_new_tokens=4)
@@ -224,7 +229,7 @@ def test_no_surface_gives_the_caller_an_openmp_team_of_its_own(default_model_dir
         panel = llm.panel(prompt="Hi there", max_length=12, probabilities=True)
         assert panel.generate() and panel.wait(60)
         panel.close()
-        after = threads()
+        after = settled(start)
         torch.randn(200_000).mul_(2)  # the control: the same measure sees a caller's own team
         print(start, after, threads())
     """
