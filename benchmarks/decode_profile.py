@@ -93,8 +93,72 @@ def profile_config(report: Report, settings: Settings, config: models.Config) ->
     )
 
 
+# Where a compiled generate step goes, by profiler event: (share label, event keys counted at self time).
+_COMPILED_PARTS = (
+    (
+        "4-bit products with the weight matrices",
+        ("aten::_weight_int4pack_mm_for_cpu", "quantized::int4mm_packed_weight_cpu"),
+    ),
+    ("LM head (8-bit product)", ("aten::_weight_int8pack_mm",)),
+    ("Inductor's fused kernels (norms, rotary, attention, residuals)", ("## Call CompiledFxGraph",)),
+    ("dynamo's guard check before each step", ("TorchDynamo Cache Lookup",)),
+    (
+        "compiled-call wrappers",
+        ("Pregraph bytecode", "AOTDispatcher Runtime Wrapper Prologue", "Torch-Compiled Region"),
+    ),
+)
+
+
+def _profile_compiled_generate_here(model, tokenizer, llm, tokens: int):
+    """One greedy ``generate`` of ``tokens`` tokens through the engine's compiled fast path, profiled."""
+    import time
+
+    from torch.profiler import ProfilerActivity, profile
+
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    options = llm._engine.decode_options(1, inputs["input_ids"].shape[1], tokens)
+    with profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode():
+        started = time.perf_counter()
+        model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, **options)
+        seconds = time.perf_counter() - started
+    return prof, seconds
+
+
+def profile_compiled(report: Report, settings: Settings, config: models.Config) -> None:
+    """Shares of a compiled 4-bit generate step: matmuls, LM head, fused kernels, guards, and Python."""
+    tokens = max(settings.tokens, 16)
+    config.llm.generate(PROMPT, max_new_tokens=tokens, min_new_tokens=tokens)  # warm: the graph exists
+    prof, seconds = config.llm.run(_profile_compiled_generate_here, config.llm, tokens)
+    selfs: dict[str, float] = {}
+    for event in prof.key_averages():
+        key = next((k for _, keys in _COMPILED_PARTS for k in keys if event.key.startswith(k)), None)
+        if key is not None:
+            selfs[key] = selfs.get(key, 0.0) + event.self_cpu_time_total / 1e3  # ms
+    step_ms = 1e3 * seconds / tokens
+    rows, accounted = [], 0.0
+    for label, keys in _COMPILED_PARTS:
+        part = sum(selfs.get(k, 0.0) for k in keys) / tokens
+        accounted += part
+        rows.append([label, f"{part:.2f}", f"{100 * part / step_ms:.0f} %"])
+    rest = step_ms - accounted
+    rest_label = "the rest: generate's Python, logits processing, stopping checks"
+    rows.append([rest_label, f"{rest:.2f}", f"{100 * rest / step_ms:.0f} %"])
+    report.add(
+        f"Profile of one compiled generate step ({config.name}: {config.label})",
+        table(["part", "ms / token", "share"], rows)
+        + f"\n\nOne greedy `generate` of {tokens} tokens through the engine's compiled fast path under "
+        f"torch.profiler ({step_ms:.1f} ms per token profiled, {1e3 / step_ms:.0f} tok/s; the profiler adds "
+        "some time of its own). Self times of the profiler's events; 'the rest' is the wall time they do not cover.",
+    )
+
+
 def profile_section(report: Report, settings: Settings) -> None:
     loaded = models.by_name(report, settings)
     for name in ("auto", "8-bit"):
         if name in loaded:
             profile_config(report, settings, loaded[name])
+    if not settings.tiny_fast_model:  # the quantization and cache sections loaded it
+        four_bit = {"quantization_config": {"load_in_4bit": True}, "compile": True}
+        config = models.load(report, models.Config("4-bit + compile=True", four_bit))
+        if config is not None:
+            profile_compiled(report, settings, config)
