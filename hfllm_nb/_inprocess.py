@@ -79,12 +79,8 @@ class InProcessViews:
         """
         engine = self._in_process()
         signal = self._turns.new_signal()
-        try:
-            with self._turns.turn():
-                self._check_open()
-                return engine.run(lambda model, tokenizer: fn(model, tokenizer, *args, **kwargs), signal)
-        finally:
-            self._turns.retire(signal)
+        with self._turns.request(signal, self._check_open):
+            return engine.run(lambda model, tokenizer: fn(model, tokenizer, *args, **kwargs), signal)
 
     def run_stream(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Iterator[Any]:
         """Run ``fn(model, tokenizer, emit, stop, *args, **kwargs)`` on the model's thread; iterate what it emits.
@@ -97,13 +93,9 @@ class InProcessViews:
         signal = self._turns.new_signal()
 
         def body(handle: weakref.ref) -> Generator[Any, None, None]:
-            try:
-                with self._turns.turn(handle):
-                    self._check_open()
-                    job = lambda model, tokenizer, emit, stop: fn(model, tokenizer, emit, stop, *args, **kwargs)  # noqa: E731
-                    yield from engine.run_stream(job, signal)
-            finally:
-                self._turns.retire(signal)
+            with self._turns.request(signal, self._check_open, handle):
+                job = lambda model, tokenizer, emit, stop: fn(model, tokenizer, emit, stop, *args, **kwargs)  # noqa: E731
+                yield from engine.run_stream(job, signal)
 
         return TextStream(body)
 

@@ -108,7 +108,7 @@ def _run(
     started = time.perf_counter()
     result: EngineResult | None = None
     try:
-        with llm._turns.turn():
+        with llm._turns.request(request.stop, llm._check_open):
             pieces = llm._engine.explain_stream(request, top_k, stop_event)
             try:
                 while True:
@@ -120,7 +120,6 @@ def _run(
             finally:
                 pieces.close()
     finally:
-        llm._turns.retire(request.stop)
         if result is None and seen:  # closed early: count what was read
             text = "".join(token.text for token in seen)
             result = EngineResult([Completion(text, len(seen), STOPPED)], time.perf_counter() - started, None)

@@ -93,6 +93,21 @@ class Turns:
             self._holder = None
             self._lock.release()
 
+    @contextlib.contextmanager
+    def request(
+        self, signal: StopSignal, check_open: Callable[[], None], holder: weakref.ref[TextStream] | None = None
+    ) -> Iterator[None]:
+        """One request's whole life: its turn, the open check after waiting for it, and retiring its Stop signal.
+
+        ``check_open`` runs once the turn is held: a call that waited while ``close()`` ran must not start.
+        """
+        try:
+            with self.turn(holder):
+                check_open()
+                yield
+        finally:
+            self.retire(signal)
+
     def _clear_the_way(self) -> None:
         holder = self._holder
         if isinstance(holder, weakref.ref):

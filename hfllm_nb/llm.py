@@ -327,12 +327,8 @@ class HuggingFaceLLM(InProcessViews):
         return request, budget
 
     def _generate(self, request: EngineRequest, budget: str) -> EngineResult:
-        try:
-            with self._turns.turn():
-                self._check_open()  # a call that waited for its turn while close() ran
-                result = self._engine.generate(request)
-        finally:
-            self._turns.retire(request.stop)
+        with self._turns.request(request.stop, self._check_open):
+            result = self._engine.generate(request)
         self._record(request, result, budget)
         return result
 
@@ -342,8 +338,7 @@ class HuggingFaceLLM(InProcessViews):
         first: float | None = None
         result: EngineResult | None = None
         try:
-            with self._turns.turn(handle):
-                self._check_open()  # a stream made before close() and read after it
+            with self._turns.request(request.stop, self._check_open, handle):
                 pieces = self._engine.stream(request)
                 try:
                     while True:
@@ -356,7 +351,6 @@ class HuggingFaceLLM(InProcessViews):
                 finally:
                     pieces.close()
         finally:
-            self._turns.retire(request.stop)
             if result is None and seen:  # closed early: count what was read
                 text = "".join(seen)
                 tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

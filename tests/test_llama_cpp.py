@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import urllib.request
 
 import pytest
@@ -120,20 +121,22 @@ def test_explain_reports_exactly_what_the_server_said(remote, llama_server):
 
 
 def test_explain_probabilities_are_close_to_float32(remote, local32):
-    worst = 0.0
-    compared = 0
+    differences = []
     for prompt in PROMPTS[:2]:
         served = remote.explain(prompt, max_new_tokens=8).generated
         own = local32.explain(prompt, max_new_tokens=8).generated
         for ours, theirs in zip(own, served, strict=False):
             if ours.token_id != theirs.token_id:
                 break  # after the texts part, the contexts differ
-            worst = max(worst, abs(ours.probability - theirs.probability))
-            compared += 1
-    assert compared >= 8
-    # Measured here: at most 0.032 (the issue asked 0.02; Q8 activations on the Q4_1 weights, which
-    # the in-process model holds dequantized, account for it). 0.05 leaves room for another CPU.
-    assert worst < P_TOLERANCE
+            differences.append(abs(ours.probability - theirs.probability))
+    assert len(differences) >= 8
+    # llama.cpp multiplies the Q4_1 weights by 8-bit-quantized activations; the in-process model holds
+    # the same weights dequantized and computes in float32. Measured here: median 0.010, worst 0.032
+    # (over 4 prompts and 8 tokens each: worst 0.056). The issue asked 0.02 on every position, which the
+    # activation rounding alone exceeds; a probability taken from the wrong position (the echo
+    # off-by-one) misses by far more than either bound.
+    assert statistics.median(differences) <= 0.02, differences
+    assert max(differences) < P_TOLERANCE, differences
 
 
 def test_explain_stream_yields_as_it_comes_stops_and_sets_stats(remote):

@@ -11,6 +11,7 @@ import pytest
 from _fake_server import FakeServer
 
 from hfllm_nb import GenerationError, HuggingFaceLLM
+from hfllm_nb.lookinside import explain_stream
 
 
 @pytest.fixture
@@ -50,3 +51,16 @@ def test_explain_on_a_server_without_logprobs_names_the_servers_that_have_them(f
     with pytest.raises(GenerationError, match="llama.cpp.*vLLM"):
         llm.explain("Hi", max_new_tokens=3)
     assert llm.generate("Hi", max_new_tokens=3, return_full_text=False) == "Hello there."
+
+
+def test_an_explain_stream_made_before_close_and_read_after_it_refuses_and_asks_nothing(fake):
+    # Catches the remote explain taking its turn without the facade's open check (every surface gives
+    # the same error then; the engine's own check words it differently).
+    llm = HuggingFaceLLM(endpoint=fake.url)
+    fake.logprobs = {"Hello": -1.2, " there": -1.6}
+    tokens = explain_stream(llm, "Hi", max_new_tokens=3)
+    asked = len(fake.requests)
+    llm.close()
+    with pytest.raises(GenerationError, match="was closed; load it again"):
+        next(tokens)
+    assert len(fake.requests) == asked
