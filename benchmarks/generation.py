@@ -5,7 +5,18 @@ from __future__ import annotations
 import torch
 
 from benchmarks import models
-from benchmarks._timing import PROMPT, Report, Sample, Settings, best, contention_note, sample, table, timed
+from benchmarks._timing import (
+    PROMPT,
+    Report,
+    Sample,
+    Settings,
+    best,
+    contention_note,
+    on_model_thread,
+    sample,
+    table,
+    timed,
+)
 
 
 def measure_bandwidth(nbytes: int, reps: int = 5) -> tuple[float, float]:
@@ -31,7 +42,7 @@ def generation_section(report: Report, settings: Settings) -> None:
             config.seconds.append(stats.seconds)
             config.first_token.append(stats.time_to_first_token or float("nan"))
             samples[config.name].append(measured)
-    read_bw, copy_bw = measure_bandwidth(settings.bandwidth_bytes)
+    read_bw, copy_bw = on_model_thread(lambda: measure_bandwidth(settings.bandwidth_bytes))
     reference = next((c for c in configs if c.name == "fp32"), None)
     rows = []
     for config in configs:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from benchmarks import models
-from benchmarks._timing import PROMPT, Report, Sample, Settings, contention_note, sample, table
+from benchmarks._timing import PROMPT, Report, Sample, Settings, contention_note, on_model_thread, sample, table
 
 logger = logging.getLogger("hfllm_nb.benchmarks")
 
@@ -98,7 +98,11 @@ def _hf_row(config: models.Config, tokens: int, text_tokens: int) -> Row:
 
 
 def _llama_cpp_row(tokens: int, text_tokens: int) -> Row | None:
-    """llama.cpp on the same GGUF (llama-cpp-python, installed by .ci/llama-cpp.sh); None where it is missing."""
+    """llama.cpp on the same GGUF (llama-cpp-python, installed by .ci/llama-cpp.sh); None where it is missing.
+
+    Its ggml links ``libgomp.so.1``, which resolves to the copy torch already loaded: so it loads
+    and runs on the model thread (``on_model_thread``), as hfllm-nb's models do.
+    """
     try:
         from llama_cpp import Llama
     except ImportError:
@@ -106,24 +110,26 @@ def _llama_cpp_row(tokens: int, text_tokens: int) -> Row | None:
     from hfllm_nb.default_model import find_default_gguf
 
     gguf = find_default_gguf()
-    model = Llama(model_path=str(gguf), n_ctx=512, n_threads=torch.get_num_threads(), verbose=False)
+    model = on_model_thread(
+        lambda: Llama(model_path=str(gguf), n_ctx=512, n_threads=torch.get_num_threads(), verbose=False)
+    )
 
-    def run(count: int) -> tuple[float, str]:
-        model.reset()  # no prompt reuse between calls: each pays its prefill
-        started = time.perf_counter()
-        out = model.create_completion(PROMPT if count else "", max_tokens=count, temperature=0.0, top_k=1)
-        return time.perf_counter() - started, out["choices"][0]["text"]
+    def complete(prompt: str, count: int) -> tuple[float, str]:
+        def here() -> tuple[float, str]:
+            model.reset()  # no prompt reuse between calls: each pays its prefill
+            started = time.perf_counter()
+            out = model.create_completion(prompt, max_tokens=count, temperature=0.0, top_k=1)
+            return time.perf_counter() - started, out["choices"][0]["text"]
+
+        return on_model_thread(here)
 
     def decode() -> float:
-        one, _ = run(1)
-        full, _ = run(tokens)
+        one, _ = complete(PROMPT, 1)
+        full, _ = complete(PROMPT, tokens)
         return (tokens - 1) / max(full - one, 1e-9)
 
     row = Row("llama.cpp", f"{gguf.name} (Q4_1), llama-cpp-python", gguf.stat().st_size, decode, fixed_threads=True)
-    for prompt in PROMPTS:
-        model.reset()
-        text = model.create_completion(prompt, max_tokens=text_tokens, temperature=0.0, top_k=1)
-        row.texts.append(text["choices"][0]["text"])
+    row.texts.extend(complete(prompt, text_tokens)[1] for prompt in PROMPTS)
     return row
 
 
