@@ -8,6 +8,7 @@ generations.
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,6 +22,20 @@ if TYPE_CHECKING:
     from .llm import HuggingFaceLLM
 
 _ALTERNATIVES = 5  # kept with each chosen token, for its hover text
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One position's next-token numbers, computed in the same model-thread job as its forward pass.
+
+    One job instead of four (forward, probabilities, entropy, greedy's choice): each job is a
+    hand-off between threads, and a step of the explorer should cost one forward pass.
+    """
+
+    logits: torch.Tensor  # raw, (vocab,) float32 on the CPU
+    probabilities: torch.Tensor  # the model's own softmax
+    entropy: float  # nats
+    top_id: int  # greedy decoding's choice
 
 
 class TokenStepper:
@@ -46,29 +61,33 @@ class TokenStepper:
         self.ids = list(ids)
         self.chosen: list[ExplainedToken] = []
         self._cache: Any = None
-        self._raw: tuple[torch.Tensor, torch.Tensor, float] | None = None
-        self._logits = self._prompt_logits = self._sync()
+        self._reading = self._prompt_reading = self._sync()
+
+    @property
+    def reading(self) -> Reading:
+        """The next token's numbers at the current position (rebuilt if a model call failed)."""
+        if self._cache is None:  # a model call failed earlier: rebuild from the tokens
+            self._reading = self._sync()
+        return self._reading
 
     @property
     def logits(self) -> torch.Tensor:
-        """Raw next-token logits, (vocab,) float32 on the CPU; the only full-vocabulary row kept."""
-        if self._cache is None:  # a model call failed earlier: rebuild from the tokens
-            self._logits = self._sync()
-        return self._logits
+        """Raw next-token logits, (vocab,) float32 on the CPU."""
+        return self.reading.logits
 
-    def _sync(self) -> torch.Tensor:
+    def _sync(self) -> Reading:
         self._cache = None
         if len(self.ids) > 1:
-            self._forward(self.ids[:-1])
+            self._forward(self.ids[:-1], score=False)
         return self._forward(self.ids[-1:])
 
-    def _forward(self, new_ids: list[int]) -> torch.Tensor:
+    def _forward(self, new_ids: list[int], score: bool = True) -> Any:
         try:
-            logits, self._cache = self._llm.run(read_next, new_ids, self._cache)
+            reading, self._cache = self._llm.run(score_next if score else read_next, new_ids, self._cache)
         except BaseException:
             self._cache = None  # it may hold half a step now; rebuilt on next use
             raise
-        return logits
+        return reading
 
     # Vocabulary-wide math runs on the model thread too (``llm.run``): a torch op this large on the
     # widget's thread would give the process a second OpenMP team and slow every later generate.
@@ -86,13 +105,12 @@ class TokenStepper:
         return self._llm.run(_draw, distribution, seed)
 
     def argmax(self) -> int:
-        return self._llm.run(lambda _m, _t: int(self.logits.argmax()))
+        return self.reading.top_id
 
     def raw(self) -> tuple[torch.Tensor, float]:
-        """The model's own next-token probabilities and their entropy (nats), once per position."""
-        if self._raw is None or self._raw[0] is not self.logits:
-            self._raw = (self.logits, *self._llm.run(_own, self.logits))
-        return self._raw[1], self._raw[2]
+        """The model's own next-token probabilities and their entropy (nats)."""
+        reading = self.reading
+        return reading.probabilities, reading.entropy
 
     def choose(self, token_id: Any, shown: float | None = None) -> int:
         """Append ``token_id``; ``shown`` is its probability where it was chosen, for its record."""
@@ -117,7 +135,7 @@ class TokenStepper:
             shown,
             partial,
         )
-        self._logits = self._forward([token_id])
+        self._reading = self._forward([token_id])
         self.ids.append(token_id)
         self.chosen.append(record)
         return token_id
@@ -135,16 +153,16 @@ class TokenStepper:
         if len(self.ids) == len(self.prompt_ids):
             raise ValueError("Nothing to undo: the text is back at the prompt.")
         if self._cache is None:
-            self._logits = self._sync()
+            self._reading = self._sync()
         self._crop(len(self.ids) - 2)
-        self._logits = self._forward(self.ids[-2:-1])
+        self._reading = self._forward(self.ids[-2:-1])
         self.ids.pop()
         self.chosen.pop()
 
     def reset(self) -> None:
         """Back to the prompt; its logits were kept, so no model call."""
         self._crop(len(self.prompt_ids))
-        self.ids, self.chosen, self._logits = list(self.prompt_ids), [], self._prompt_logits
+        self.ids, self.chosen, self._reading = list(self.prompt_ids), [], self._prompt_reading
 
     def _crop(self, length: int) -> None:
         """Keep the cache of the first ``length`` tokens (a negative count removes tokens)."""
@@ -167,6 +185,13 @@ def read_next(model: Any, tokenizer: Any, new_ids: list[int], cache: Any) -> tup
     with torch.inference_mode():
         output = model(input_ids=torch.tensor([new_ids], device=device), cache=cache, use_cache=True)
     return output.logits[0, -1].float().cpu(), output.cache
+
+
+def score_next(model: Any, tokenizer: Any, new_ids: list[int], cache: Any) -> tuple[Reading, Any]:
+    """``read_next``, and the model's own probabilities, entropy and greedy choice from its logits."""
+    logits, cache = read_next(model, tokenizer, new_ids, cache)
+    probabilities, entropy = _own(model, tokenizer, logits)
+    return Reading(logits, probabilities, entropy, int(logits.argmax())), cache
 
 
 def _reshaped(model: Any, tokenizer: Any, logits: torch.Tensor, temperature: float, top_k: int, top_p: float):
