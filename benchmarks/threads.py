@@ -66,7 +66,7 @@ def wait_policy_section(report: Report, settings: Settings) -> None:
     policies = {(f"OMP_WAIT_POLICY={p}" if p else "default (unset)"): p for p in settings.wait_policies}
     rates: dict[str, list[float]] = {name: [] for name in policies}
     loads = []
-    for _ in range(max(1, settings.ratio_reps // 4)):
+    for _ in range(max(1, settings.ratio_reps // 8)):
         for name, value in policies.items():
             env = {**os.environ, "PYTHONPATH": ROOT}
             env.pop("OMP_WAIT_POLICY", None)
