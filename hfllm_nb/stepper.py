@@ -98,7 +98,8 @@ class TokenStepper:
 
     def kept(self, temperature: float, top_k: int, top_p: float) -> int:
         """How many tokens keep a probability above 0 after the filters."""
-        return self._llm.run(lambda _m, _t: int((_reshaped(_m, _t, self.logits, temperature, top_k, top_p) > 0).sum()))
+        logits = self.logits  # here, not in the job: after a failed call it rebuilds by running the model
+        return self._llm.run(lambda _m, _t: int((_reshaped(_m, _t, logits, temperature, top_k, top_p) > 0).sum()))
 
     def draw(self, distribution: torch.Tensor, seed: int | None) -> int:
         """One token drawn from ``distribution``; the same seed draws the same token."""

@@ -259,3 +259,12 @@ def test_model_text_is_escaped_in_the_widget(llm32):
         assert "<b>" not in widget.text_view.value
     finally:
         widget.close()
+
+
+def test_the_filters_count_after_a_failed_model_call(explorer):
+    # Catches `kept` reading the logits inside its model-thread job: after a failed call they are
+    # rebuilt by running the model, which a job may not do (GenerationError "from inside").
+    explorer.top_k = 5
+    expected = explorer.kept
+    explorer.stepper._cache = None  # what a failed or interrupted model call leaves
+    assert explorer.kept == expected
