@@ -95,7 +95,7 @@ def environment_section(ctx: Context, out: Section) -> None:
 _IMPORT_PROBE = """
 import importlib.util, json, sys, time
 started = time.perf_counter()
-import hfllm_nb, hfllm_nb.memory
+import hfllm_nb, hfllm_nb.core.memory
 from hfllm_nb import HuggingFaceLLM
 seconds = time.perf_counter() - started
 llm = HuggingFaceLLM(sys.argv[1], device=sys.argv[2], dtype="float32")
@@ -125,7 +125,7 @@ def imports_section(ctx: Context, out: Section) -> None:
     out.check(not leaked, f"loading and generating imported {leaked}")
     out.figures.update(import_seconds=probe["seconds"], installed_here=installed, imported_here=leaked)
     out.body = (
-        f"A fresh Python with {', '.join(OPTIONAL)} hidden imported `hfllm_nb` and `hfllm_nb.memory` in "
+        f"A fresh Python with {', '.join(OPTIONAL)} hidden imported `hfllm_nb` and `hfllm_nb.core.memory` in "
         f"**{probe['seconds']:.1f} s**, loaded the tiny model on {ctx.device} and generated {probe['text']!r}. "
         f"In this process, where {', '.join(installed) or 'none of them'} "
         f"{'is' if len(installed) == 1 else 'are'} installed, loading and generating imported "
@@ -190,8 +190,8 @@ def device_map_section(ctx: Context, out: Section) -> None:
 
 
 def memory_section(ctx: Context, out: Section) -> None:
-    """The numbers MemoryMonitor draws (hfllm_nb.memory) against torch's counters and nvidia-smi."""
-    from hfllm_nb import memory
+    """The numbers MemoryMonitor draws (hfllm_nb.core.memory) against torch's counters and nvidia-smi."""
+    from hfllm_nb.core import memory as memory
 
     llm = ctx.state.get("eager")
     if llm is None:
@@ -219,8 +219,8 @@ def memory_section(ctx: Context, out: Section) -> None:
         out.check(stats.peak_gpu_memory is None, "a CPU generation reported a GPU peak")
     rows += _monitor_rows(ctx, out, llm)
     out.body = (
-        table(["reading", "hfllm_nb.memory", "reference", "Δ"], rows)
-        + f"\n\nWhat `MemoryMonitor` shows, from `hfllm_nb.memory.read_memory()` with the bf16 model "
+        table(["reading", "hfllm_nb.core.memory", "reference", "Δ"], rows)
+        + f"\n\nWhat `MemoryMonitor` shows, from `hfllm_nb.core.memory.read_memory()` with the bf16 model "
         f"loaded:\n\n```\n{memory.read_memory()}\n```"
     )
 
@@ -230,8 +230,8 @@ def _monitor_rows(ctx: Context, out: Section, llm: Any) -> list[list[str]]:
     if importlib.util.find_spec("ipywidgets") is None:
         out.figures["monitor"] = "not checked: ipywidgets is not installed"
         return [["MemoryMonitor widget", "not checked: no ipywidgets", "—", "—"]]
-    from hfllm_nb.memory import format_bytes
-    from hfllm_nb.monitor import MemoryMonitor
+    from hfllm_nb.core.memory import format_bytes
+    from hfllm_nb.widgets.monitor import MemoryMonitor
 
     monitor = MemoryMonitor(interval=3600.0, llm=llm)  # refreshed by hand below, not by its thread
     try:
@@ -267,7 +267,7 @@ def _gpu_rows(ctx: Context, out: Section, gpu: Any) -> list[list[str]]:
     index = _nvml_index(ctx.device.index)
     smi_used, smi_total = _smi_bytes(nvidia_smi("memory.used,memory.total", index), 2)
     # nvidia-smi's "used" leaves out what the driver reserves and lists that apart (drivers ≥ 510);
-    # NVML's v1 reading, which hfllm_nb.memory takes, counts it as used. Either must match.
+    # NVML's v1 reading, which hfllm_nb.core.memory takes, counts it as used. Either must match.
     (smi_driver,) = _smi_bytes(nvidia_smi("memory.reserved", index), 1)
     out.figures.update(
         allocated=gpu.allocated, torch_allocated=allocated, reserved=gpu.reserved, torch_reserved=reserved,

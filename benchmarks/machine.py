@@ -43,7 +43,7 @@ def _cpu_flags() -> str:
 
 
 def machine_section(report: Report, settings: Settings) -> None:
-    from hfllm_nb._quant_imports import bnb_has_fused_cpu_4bit
+    from hfllm_nb.engines.local.quant_imports import bnb_has_fused_cpu_4bit
 
     bnb = _version("bitsandbytes")
     if bnb != "not installed":

@@ -15,7 +15,7 @@ from torch._dynamo.utils import counters
 
 from benchmarks._timing import Report, Settings, timed
 from hfllm_nb import HuggingFaceLLM, default_model
-from hfllm_nb._quantization import footprint_bytes
+from hfllm_nb.engines.local.quantization import footprint_bytes
 from hfllm_nb.testing import save_tiny_llama
 
 logger = logging.getLogger("hfllm_nb.benchmarks")

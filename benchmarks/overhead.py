@@ -20,7 +20,7 @@ def _main(report: Report, settings: Settings) -> models.Config:
 def _panel_calls(llm: Any, max_length: int) -> tuple[Any, dict[str, Callable[[], Any]], str]:
     """The panel driven from code, and the generate call it must equal (ipywidgets may be missing)."""
     try:
-        from hfllm_nb.panel import LLMPanel
+        from hfllm_nb.widgets.panel import LLMPanel
 
         panels = [LLMPanel(llm, prompt=PROMPT, max_length=max_length, probabilities=p) for p in (False, True)]
     except Exception as exc:

@@ -49,7 +49,7 @@ from benchmarks import (  # noqa: E402
     threads,
 )
 from benchmarks._timing import Report, Settings  # noqa: E402
-from hfllm_nb._quant_imports import quiet_backend_imports  # noqa: E402
+from hfllm_nb.engines.local.quant_imports import quiet_backend_imports  # noqa: E402
 
 logger = logging.getLogger("hfllm_nb.benchmarks")
 

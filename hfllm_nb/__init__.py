@@ -1,30 +1,62 @@
-"""Run Hugging Face causal language models in Jupyter notebooks."""
+"""Run Hugging Face causal language models in Jupyter notebooks.
+
+Only the facade, its errors and its stats load eagerly; everything else (look-inside views, widgets,
+device helpers) loads on first use, so `import hfllm_nb` needs neither torch nor ipywidgets.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
+from .core.stats import GenerationStats
 from .default_model import DEFAULT_MODEL_NAME
+from .engines.remote.errors import RequestRejected
 from .errors import GenerationError, ModelLoadError
 from .llm import HuggingFaceLLM
-from .stats import GenerationStats
 
 if TYPE_CHECKING:
-    from ._quantization import footprint_bytes
-    from .attention import Attention
-    from .chat_panel import ChatPanel
-    from .compare import Comparison
-    from .explain_view import Explanation, LogitLens
-    from .explorer import NextTokenExplorer
-    from .monitor import MemoryMonitor
-    from .panel import LLMPanel
+    from .core.conversation import Conversation
+    from .core.memory import format_bytes, read_memory
+    from .engines.local.device import available_devices, resolve_device, resolve_dtype
+    from .engines.local.quantization import footprint_bytes
+    from .inside.attention import Attention
+    from .inside.compare import Comparison
+    from .inside.html import ExplainedToken, Explanation, LogitLens
+    from .widgets.chat_panel import ChatPanel
+    from .widgets.explorer import NextTokenExplorer
+    from .widgets.monitor import MemoryMonitor
+    from .widgets.panel import LLMPanel
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it, imported on first use
+_LAZY = {
+    "Conversation": ".core.conversation",
+    "format_bytes": ".core.memory",
+    "read_memory": ".core.memory",
+    "available_devices": ".engines.local.device",
+    "resolve_device": ".engines.local.device",
+    "resolve_dtype": ".engines.local.device",
+    "footprint_bytes": ".engines.local.quantization",
+    "Attention": ".inside.attention",
+    "Comparison": ".inside.compare",
+    "ExplainedToken": ".inside.html",
+    "Explanation": ".inside.html",
+    "LogitLens": ".inside.html",
+    "ChatPanel": ".widgets.chat_panel",
+    "NextTokenExplorer": ".widgets.explorer",
+    "MemoryMonitor": ".widgets.monitor",
+    "LLMPanel": ".widgets.panel",
+}
+
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "Attention",
     "ChatPanel",
     "Comparison",
+    "Conversation",
+    "ExplainedToken",
     "Explanation",
     "GenerationError",
     "GenerationStats",
@@ -34,43 +66,24 @@ __all__ = [
     "MemoryMonitor",
     "ModelLoadError",
     "NextTokenExplorer",
+    "RequestRejected",
     "__version__",
+    "available_devices",
     "footprint_bytes",
+    "format_bytes",
+    "read_memory",
+    "resolve_device",
+    "resolve_dtype",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # Widgets load on first use, so `import hfllm_nb` works in scripts without ipywidgets.
-    if name == "LLMPanel":
-        from .panel import LLMPanel
-
-        return LLMPanel
-    if name == "ChatPanel":
-        from .chat_panel import ChatPanel
-
-        return ChatPanel
-    if name == "MemoryMonitor":
-        from .monitor import MemoryMonitor
-
-        return MemoryMonitor
-    if name == "NextTokenExplorer":
-        from .explorer import NextTokenExplorer
-
-        return NextTokenExplorer
-    if name == "footprint_bytes":  # the bytes a model's tensors take as stored (quantized ones too)
-        from ._quantization import footprint_bytes
-
-        return footprint_bytes
-    if name == "Attention":
-        from .attention import Attention
-
-        return Attention
-    if name == "Comparison":
-        from .compare import Comparison
-
-        return Comparison
-    if name in ("Explanation", "LogitLens"):
-        from . import explain_view
-
-        return getattr(explain_view, name)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'hfllm_nb' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -113,7 +113,7 @@ def _drop_errors(record: logging.LogRecord) -> bool:
 
 def _from_server(exc: BaseException) -> bool:
     """True for a server's refusal (HTTP 4xx): the arguments passed every check here."""
-    from .engines._openai_errors import RequestRejected
+    from .engines.remote.errors import RequestRejected
 
     return isinstance(exc, RequestRejected)
 
@@ -137,18 +137,18 @@ def _generate(args: argparse.Namespace) -> int:
     options = {k: v for k, v in options.items() if v is not None}
     lengths = {"max_length": args.max_length, "max_new_tokens": args.max_new_tokens}
     # Check the cheap things before paying for a model load.
-    from . import _validation
+    from .core import validation
 
-    _validation.check_prompt(args.prompt)
+    validation.check_prompt(args.prompt)
     for name, value in lengths.items():
-        _validation.check_length(name, value, limit=10**9)
-    given = [f"--{k.replace('_', '-')}" for k in _validation.SAMPLING_KEYWORDS if k in options]
+        validation.check_length(name, value, limit=10**9)
+    given = [f"--{k.replace('_', '-')}" for k in validation.SAMPLING_KEYWORDS if k in options]
     if given and not args.sample:
         raise ValueError(
             f"{', '.join(given)} only apply with --sample (do_sample=True); add --sample, "
             "greedy decoding is the default."
         )
-    _validation.check_sampling(options)
+    validation.check_sampling(options)
     if args.chat and args.only_new:
         raise ValueError("--only-new has no effect with --chat, which prints only the reply; drop one of them.")
     load = {"dtype": args.dtype} if args.dtype is not None else {}
@@ -197,7 +197,9 @@ def _info() -> int:
     import torch
     import transformers
 
-    from . import __version__, _device, default_model, memory
+    from . import __version__, default_model
+    from .core import memory
+    from .engines.local import device as _device
 
     lines = [
         f"hfllm-nb      {__version__}",

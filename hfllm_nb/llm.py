@@ -11,17 +11,21 @@ import os
 import time
 import weakref
 from collections.abc import Generator, Iterator, Sequence
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-import torch
-
-from . import _budgets, _options, _validation
-from ._inprocess import InProcessViews
-from ._turns import TextStream, Turns
+from .core import budgets as _budgets
+from .core import options as _options
+from .core import validation
+from .core.requests import STOPPED, Completion, EngineRequest, EngineResult
+from .core.stats import GenerationStats
+from .core.turns import TextStream, Turns
 from .engines import open_engine
-from .engines.base import STOPPED, Completion, Engine, EngineRequest, EngineResult
+from .engines.base import Engine
 from .errors import GenerationError, ModelLoadError
-from .stats import GenerationStats
+from .llm_views import InProcessViews
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("hfllm_nb")
 T = TypeVar("T")
@@ -73,7 +77,7 @@ class HuggingFaceLLM(InProcessViews):
             raise TypeError(f"trust_remote_code must be True or False, not {trust_remote_code!r}.")
         if not isinstance(compile, bool):
             raise TypeError(f"compile must be True or False, not {compile!r}.")
-        _validation.check_length("max_length", max_length, limit=10**9, allow_none=False)
+        validation.check_length("max_length", max_length, limit=10**9, allow_none=False)
         self._turns = Turns()
         self._views: weakref.WeakSet = weakref.WeakSet()  # panels and explorers that close() closes
         self._closed = False
@@ -102,7 +106,7 @@ class HuggingFaceLLM(InProcessViews):
         self.load_seconds = time.perf_counter() - started
         self.tokenizer = engine.tokenizer
         self.context_length = engine.context_length
-        self.max_length = _validation.check_length(
+        self.max_length = validation.check_length(
             "max_length", max_length, limit=self.context_length, allow_none=False
         )
         self.device: torch.device | None = getattr(engine, "device", None)
@@ -168,7 +172,7 @@ class HuggingFaceLLM(InProcessViews):
         ...     print(piece, end="")
         """
         if not isinstance(prompt, str):
-            _validation.check_prompt(prompt)  # raises a precise error for bad types
+            validation.check_prompt(prompt)  # raises a precise error for bad types
             raise TypeError("stream() takes one prompt string; call it once per prompt, or use generate() for a batch.")
         request, budget = self._request(prompt, max_length, max_new_tokens, generate_kwargs, streaming=True)
         return TextStream(lambda handle: self._stream(handle, request, budget))
@@ -201,7 +205,7 @@ class HuggingFaceLLM(InProcessViews):
         """
         if not isinstance(stream, bool):
             raise TypeError(f"stream must be True or False, not {stream!r}.")
-        conversation = _validation.check_messages(messages)
+        conversation = validation.check_messages(messages)
         prompt = self.format_chat(conversation)
         request, budget = self._request(
             prompt, max_length, max_new_tokens, generate_kwargs, streaming=stream, messages=conversation
@@ -212,7 +216,7 @@ class HuggingFaceLLM(InProcessViews):
 
     def format_chat(self, messages: str | Sequence[dict[str, str]]) -> str:
         """The prompt text the chat template builds for ``messages`` (what the model reads)."""
-        conversation = _validation.check_messages(messages)
+        conversation = validation.check_messages(messages)
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(
                 f"The tokenizer of {self.model_id!r} has no chat template. Use generate() with "
@@ -235,7 +239,7 @@ class HuggingFaceLLM(InProcessViews):
         A list of strings gives a list of counts. Pass ``add_special_tokens=False`` for text
         from ``format_chat``, as ``chat`` does.
         """
-        texts = _validation.check_prompt(text)
+        texts = validation.check_prompt(text)
         counts = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
         return counts[0] if isinstance(text, str) else counts
 
@@ -262,7 +266,7 @@ class HuggingFaceLLM(InProcessViews):
 
     def panel(self, **settings: Any):
         """An ipywidgets panel for this model (see ``hfllm_nb.LLMPanel``); ``close()`` closes it too."""
-        from .panel import LLMPanel  # the core stays importable without ipywidgets
+        from .widgets.panel import LLMPanel  # the core stays importable without ipywidgets
 
         return LLMPanel(self, **settings)
 
@@ -272,7 +276,7 @@ class HuggingFaceLLM(InProcessViews):
 
     def chat_panel(self, system_prompt: str | None = None, **settings: Any):
         """A multi-turn chat widget for this model (see ``hfllm_nb.ChatPanel``); ``close()`` closes it too."""
-        from .chat_panel import ChatPanel  # the core stays importable without ipywidgets
+        from .widgets.chat_panel import ChatPanel  # the core stays importable without ipywidgets
 
         return ChatPanel(self, system_prompt, **settings)  # it registers itself with this model
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from hfllm_nb import Attention, GenerationError, HuggingFaceLLM, attention_view
-from hfllm_nb import attention as attention_module
-from hfllm_nb.attention_widget import AttentionView
+from hfllm_nb.inside import attention as attention_module
+from hfllm_nb.widgets.attention import AttentionView
 
 PROMPT = "The capital of France is"
 

@@ -30,7 +30,7 @@ RENDER_S = 150  # model load and the three views, on a busy 2-core runner
 KERNEL_S = 30  # one click or slider move, answered by the kernel
 
 CELLS = [
-    "from hfllm_nb import HuggingFaceLLM\nfrom hfllm_nb.explorer import NextTokenExplorer\n\nllm = HuggingFaceLLM()",
+    "from hfllm_nb import HuggingFaceLLM, NextTokenExplorer\n\nllm = HuggingFaceLLM()",
     f"explanation = llm.explain({PROMPT!r}, max_new_tokens={NEW_TOKENS})\nexplanation",
     f"explorer = NextTokenExplorer(llm, {PROMPT!r}, top_k=8)\n"
     "explorer.temperature_slider.add_class('hfllm-test-temperature')\n"

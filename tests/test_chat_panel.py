@@ -8,7 +8,7 @@ import time
 import pytest
 
 from hfllm_nb import ChatPanel, GenerationError, HuggingFaceLLM
-from hfllm_nb._chat_render import render_markdown
+from hfllm_nb.widgets.chat_render import render_markdown
 
 
 @pytest.fixture

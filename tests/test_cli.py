@@ -12,7 +12,7 @@ from _fake_server import FakeServer
 
 import hfllm_nb.llm
 from hfllm_nb import cli
-from hfllm_nb._device import available_devices
+from hfllm_nb.engines.local.device import available_devices
 
 
 def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:

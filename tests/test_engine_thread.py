@@ -16,7 +16,7 @@ from _deadline import run_with_deadline
 from transformers import StoppingCriteria
 
 from hfllm_nb import GenerationError, HuggingFaceLLM, LLMPanel, NextTokenExplorer
-from hfllm_nb.lookinside import explain_stream
+from hfllm_nb.inside.explain import explain_stream
 
 PROMPT = "Once upon a time,"
 

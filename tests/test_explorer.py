@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hfllm_nb import HuggingFaceLLM
-from hfllm_nb.explorer import NextTokenExplorer
+from hfllm_nb.widgets.explorer import NextTokenExplorer
 
 PROMPT = "The capital of France is"
 STEPS = 4

@@ -9,7 +9,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from hfllm_nb import HuggingFaceLLM
-from hfllm_nb._fast_decode import (
+from hfllm_nb.engines.local.fast_decode import (
     DECODE_ATTENTION,
     MIN_CACHE_LENGTH,
     FastDecode,

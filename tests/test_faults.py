@@ -22,7 +22,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from hfllm_nb import GenerationError, HuggingFaceLLM, LLMPanel, cli, default_model
-from hfllm_nb._loading import resolve_source
+from hfllm_nb.engines.local.loading import resolve_source
 
 PROMPT = "Hello world"
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import gpu_figures, gpu_sections, gpu_tests  # noqa: E402
 from benchmarks._gpu_common import TOKENIZER_ENV, Section  # noqa: E402
-from hfllm_nb.memory import GPUMemory  # noqa: E402
+from hfllm_nb.core.memory import GPUMemory  # noqa: E402
 
 MiB = 2**20
 

@@ -20,8 +20,8 @@ from _server import LlamaCppProcess, require_llama_cpp
 
 from hfllm_nb import HuggingFaceLLM
 from hfllm_nb.default_model import find_default_gguf
-from hfllm_nb.engines._server_tokenizer import ServerTokenizer
-from hfllm_nb.lookinside import explain_stream
+from hfllm_nb.engines.remote.server_tokenizer import ServerTokenizer
+from hfllm_nb.inside.explain import explain_stream
 
 MARGIN = 0.5  # logits: closer than this, Q4_1 rounding may pick the other token (measured: up to 0.22)
 P_TOLERANCE = 0.05  # |P(llama.cpp) - P(float32)| of the same chosen token (measured: at most 0.032)
@@ -189,7 +189,7 @@ def test_without_a_tokenizer_here_or_on_the_server_the_load_error_stays(monkeypa
 def test_echoed_prompt_logprobs_are_shifted_so_prompt_tokens_get_none(remote, local32, llama_server):
     # The check behind PROMPT_LOGPROBS_RIGHT: with echo, llama-cpp-python lists at prompt token i
     # what the model predicts after it (for token i + 1). Should a release fix it, this fails.
-    from hfllm_nb.engines._openai_logprobs import PROMPT_LOGPROBS_RIGHT
+    from hfllm_nb.engines.remote.logprobs import PROMPT_LOGPROBS_RIGHT
 
     prompt = "The capital of France is"
     body = {"prompt": prompt, "max_tokens": 1, "temperature": 0, "repeat_penalty": 1.0, "echo": True, "logprobs": 1}

@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-import hfllm_nb._device as device_module
+import hfllm_nb.engines.local.device as device_module
 from hfllm_nb import HuggingFaceLLM, ModelLoadError
-from hfllm_nb._device import available_devices, resolve_device, resolve_dtype
-from hfllm_nb._quantization import footprint_bytes, plan_quantization
+from hfllm_nb.engines.local.device import available_devices, resolve_device, resolve_dtype
+from hfllm_nb.engines.local.quantization import footprint_bytes, plan_quantization
 
 
 @pytest.fixture

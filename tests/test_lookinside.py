@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from hfllm_nb import HuggingFaceLLM
-from hfllm_nb.distributions import reshape
-from hfllm_nb.explain_view import (
+from hfllm_nb.engines.local.distributions import reshape
+from hfllm_nb.inside.explain import explain_stream
+from hfllm_nb.inside.html import (
     ExplainedToken,
     Explanation,
     LogitLens,
@@ -20,7 +21,6 @@ from hfllm_nb.explain_view import (
     render_tokens_html,
     split_characters,
 )
-from hfllm_nb.lookinside import explain_stream
 
 PROMPT = "The capital of France is"
 TOLERANCE = 1e-4
@@ -256,7 +256,7 @@ def test_explanation_view_of_the_real_model(greedy):
 
 def test_public_names(greedy):
     import hfllm_nb
-    from hfllm_nb.explorer import NextTokenExplorer
+    from hfllm_nb.widgets.explorer import NextTokenExplorer
 
     assert hfllm_nb.NextTokenExplorer is NextTokenExplorer
     assert isinstance(greedy, hfllm_nb.Explanation)

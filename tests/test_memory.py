@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from hfllm_nb import GenerationStats, MemoryMonitor, memory
-from hfllm_nb.memory import PeakTracker, format_bytes, read_memory
+from hfllm_nb.core.memory import PeakTracker, format_bytes, read_memory
 
 GiB, MiB = 2**30, 2**20
 
@@ -118,7 +118,7 @@ def test_peak_tracker_sees_a_short_lived_allocation():
     run_in_fresh_python(
         """
         import time
-        from hfllm_nb.memory import PeakTracker
+        from hfllm_nb.core.memory import PeakTracker
         MiB = 2**20
         with PeakTracker(interval=0.005) as tracker:
             block = b"\\x01" * (96 * MiB)  # written, so resident (unlike a fresh bytearray)
@@ -279,7 +279,7 @@ def test_monitor_refreshes_in_the_background_until_closed(make_monitor, monkeypa
         reads.append(threading.current_thread().name)
         return real_read()
 
-    monkeypatch.setattr("hfllm_nb.monitor.read_memory", counting_read)
+    monkeypatch.setattr("hfllm_nb.widgets.monitor.read_memory", counting_read)
     monitor = make_monitor(interval=0.01)
     deadline = time.monotonic() + 5
     while reads.count("hfllm_nb-memory") < 3 and time.monotonic() < deadline:
@@ -304,7 +304,7 @@ def test_monitor_track_shows_the_peak_of_the_block():
     run_in_fresh_python(
         """
         import time
-        from hfllm_nb.monitor import MemoryMonitor
+        from hfllm_nb.widgets.monitor import MemoryMonitor
         MiB = 2**20
         monitor = MemoryMonitor()
         try:

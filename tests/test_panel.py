@@ -8,7 +8,7 @@ import time
 import pytest
 
 from hfllm_nb import GenerationError, LLMPanel
-from hfllm_nb.panel import render_output
+from hfllm_nb.widgets.panel import render_output
 
 
 @pytest.fixture

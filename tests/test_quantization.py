@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from hfllm_nb import HuggingFaceLLM
-from hfllm_nb._cpu_quant import Int8Embedding, Int8Linear
-from hfllm_nb._fast_decode import check_compile
-from hfllm_nb._quantization import footprint_bytes, plan_quantization
+from hfllm_nb.engines.local.cpu_quant import Int8Embedding, Int8Linear
+from hfllm_nb.engines.local.fast_decode import check_compile
+from hfllm_nb.engines.local.quantization import footprint_bytes, plan_quantization
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Photosynthesis is the process by which"]
@@ -300,7 +300,7 @@ def test_compiled_int8_decoding_gives_the_eager_text(tiny_model_dir):
 def test_backend_imports_keep_their_known_start_up_messages_out_of_the_log():
     code = (
         "import logging; logging.basicConfig(level=logging.WARNING)\n"
-        "from hfllm_nb._quant_imports import import_quietly\n"
+        "from hfllm_nb.engines.local.quant_imports import import_quietly\n"
         "import_quietly('bitsandbytes'); import_quietly('torchao')\n"
         "import bitsandbytes.backends.cpu.ops\n"
     )

@@ -21,7 +21,7 @@ from _server import LlamaCppProcess, ServeProcess, free_port, require_llama_cpp
 from hfllm_nb import GenerationError, HuggingFaceLLM, ModelLoadError
 from hfllm_nb.default_model import find_default_gguf
 from hfllm_nb.engines import END_OF_TEXT, LENGTH, STOP_STRING, STOPPED
-from hfllm_nb.engines._openai_wire import finish_reason, pick_served_model
+from hfllm_nb.engines.remote.wire import finish_reason, pick_served_model
 
 SECRET = "sk-test-3f9a1c-never-shown"
 

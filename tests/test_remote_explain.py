@@ -11,7 +11,7 @@ import pytest
 from _fake_server import FakeServer
 
 from hfllm_nb import GenerationError, HuggingFaceLLM
-from hfllm_nb.lookinside import explain_stream
+from hfllm_nb.inside.explain import explain_stream
 
 
 @pytest.fixture

@@ -3,7 +3,17 @@
 
 from typing import Any
 
-from .base import END_OF_TEXT, LENGTH, STOP_STRING, STOPPED, Completion, Engine, EngineRequest, EngineResult, StopSignal
+from ..core.requests import (
+    END_OF_TEXT,
+    LENGTH,
+    STOP_STRING,
+    STOPPED,
+    Completion,
+    EngineRequest,
+    EngineResult,
+    StopSignal,
+)
+from .base import Engine
 
 __all__ = [
     "END_OF_TEXT",
@@ -47,7 +57,7 @@ def open_engine(
                 "model, so set them in its launch flags (e.g. vllm serve MODEL --dtype bfloat16 "
                 "--quantization awq --tensor-parallel-size 2) and drop them here."
             )
-        from .remote import RemoteEngine
+        from .remote.engine import RemoteEngine
 
         remote = RemoteEngine(
             endpoint,
@@ -66,8 +76,9 @@ def open_engine(
         raise ValueError("Pass either device or device_map, not both (device_map='auto' places the model itself).")
     if device_map is not None and not isinstance(device_map, (str, dict)):
         raise TypeError(f"device_map must be a string such as 'auto' or a dict, not {type(device_map).__name__}.")
-    from .. import _device, _loading
-    from .local import LocalEngine
+    from .local import device as _device
+    from .local import loading as _loading
+    from .local.engine import LocalEngine
 
     target = _device.resolve_device(device)
     _device.resolve_dtype(dtype, target)  # a bad dtype fails here, before any loading
