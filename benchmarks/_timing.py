@@ -135,13 +135,13 @@ def on_model_thread(fn: Callable[[], Any]) -> Any:
     2-thread row (4-bit + compile=True: 37 instead of 75 tok/s), as in hfllm-nb itself before the
     model thread.
     """
-    from hfllm_nb.engines import _model_thread
+    from hfllm_nb.engines.local import model_thread
 
-    thread = _model_thread.acquire()
+    user = object.__new__(type("BenchmarkUser", (), {}))  # holds the shared thread while fn runs
     try:
-        return thread.call(fn)
+        return model_thread.acquire(user).call(fn)
     finally:
-        _model_thread.release(thread)
+        model_thread.release(user)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

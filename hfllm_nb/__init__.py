@@ -16,13 +16,15 @@ from .errors import GenerationError, ModelLoadError
 from .llm import HuggingFaceLLM
 
 if TYPE_CHECKING:
-    from .core.conversation import Conversation
+    from .conversation import Conversation
     from .core.memory import format_bytes, read_memory
+    from .core.tokens import ExplainedToken
     from .engines.local.device import available_devices, resolve_device, resolve_dtype
     from .engines.local.quantization import footprint_bytes
     from .inside.attention import Attention
     from .inside.compare import Comparison
-    from .inside.html import ExplainedToken, Explanation, LogitLens
+    from .inside.explain import Explanation
+    from .inside.logit_lens import LogitLens
     from .widgets.chat_panel import ChatPanel
     from .widgets.explorer import NextTokenExplorer
     from .widgets.monitor import MemoryMonitor
@@ -32,7 +34,7 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it, imported on first use
 _LAZY = {
-    "Conversation": ".core.conversation",
+    "Conversation": ".conversation",
     "format_bytes": ".core.memory",
     "read_memory": ".core.memory",
     "available_devices": ".engines.local.device",
@@ -41,9 +43,9 @@ _LAZY = {
     "footprint_bytes": ".engines.local.quantization",
     "Attention": ".inside.attention",
     "Comparison": ".inside.compare",
-    "ExplainedToken": ".inside.html",
-    "Explanation": ".inside.html",
-    "LogitLens": ".inside.html",
+    "ExplainedToken": ".core.tokens",
+    "Explanation": ".inside.explain",
+    "LogitLens": ".inside.logit_lens",
     "ChatPanel": ".widgets.chat_panel",
     "NextTokenExplorer": ".widgets.explorer",
     "MemoryMonitor": ".widgets.monitor",

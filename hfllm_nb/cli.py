@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
@@ -75,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(exc)
         return EXIT_FAILED if _from_server(exc) else EXIT_USAGE
     except KeyboardInterrupt:
+        if argv is None:  # the command itself: a second Ctrl-C during the clean-up still exits 130
+            signal.signal(signal.SIGINT, lambda *_: os._exit(EXIT_INTERRUPTED))
         print("hfllm-nb: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # ModelLoadError, GenerationError, ImportError, OSError…
@@ -154,6 +158,8 @@ def _generate(args: argparse.Namespace) -> int:
     load = {"dtype": args.dtype} if args.dtype is not None else {}
     if args.endpoint is not None:
         load.update(endpoint=args.endpoint, served_model=args.served_model)
+    elif args.served_model is not None:
+        raise ValueError("--served-model names a model on a server; add --endpoint http://host:port/v1 too.")
     load.update(device=args.device)  # with --endpoint, a --device is refused like --dtype, never ignored
     llm = HuggingFaceLLM(args.model, **load)
     if args.chat:

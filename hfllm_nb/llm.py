@@ -10,19 +10,20 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from .core import budgets as _budgets
 from .core import options as _options
 from .core import validation
+from .core.pipeline import Pipeline
 from .core.requests import STOPPED, Completion, EngineRequest, EngineResult
 from .core.stats import GenerationStats
 from .core.turns import TextStream, Turns
 from .engines import open_engine
-from .engines.base import Engine
+from .engines.base import Engine, InProcess
 from .errors import GenerationError, ModelLoadError
-from .llm_views import InProcessViews
+from .llm_views import ModelViews
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +32,7 @@ logger = logging.getLogger("hfllm_nb")
 T = TypeVar("T")
 
 
-class HuggingFaceLLM(InProcessViews):
+class HuggingFaceLLM(ModelViews):
     """A Hugging Face causal language model, ready to generate text.
 
     Args:
@@ -79,6 +80,7 @@ class HuggingFaceLLM(InProcessViews):
             raise TypeError(f"compile must be True or False, not {compile!r}.")
         validation.check_length("max_length", max_length, limit=10**9, allow_none=False)
         self._turns = Turns()
+        self._pipeline = Pipeline(self._turns, self._check_open)
         self._views: weakref.WeakSet = weakref.WeakSet()  # panels and explorers that close() closes
         self._closed = False
         self.last_stats: GenerationStats | None = None
@@ -102,16 +104,18 @@ class HuggingFaceLLM(InProcessViews):
             logger.error("%s", exc)  # the one place load failures are logged, whatever raised them
             raise
         self._engine: Engine = engine
-        self._turns.inside_generation = getattr(engine, "in_model_thread", lambda: False)
+        if isinstance(engine, InProcess):
+            self._turns.inside_generation = engine.in_model_thread
         self.load_seconds = time.perf_counter() - started
         self.tokenizer = engine.tokenizer
         self.context_length = engine.context_length
         self.max_length = validation.check_length(
             "max_length", max_length, limit=self.context_length, allow_none=False
         )
-        self.device: torch.device | None = getattr(engine, "device", None)
-        self.dtype: torch.dtype | None = getattr(engine, "dtype", None)
-        self.quantized = getattr(engine, "quantization", None) is not None
+        in_process = isinstance(engine, InProcess)
+        self.device: torch.device | None = engine.device if in_process else None
+        self.dtype: torch.dtype | None = engine.dtype if in_process else None
+        self.quantized = in_process and engine.quantization is not None
         logger.info("Ready: %s (%s) in %.1f s.", self.model_id, engine.description, self.load_seconds)
 
     def __repr__(self) -> str:
@@ -175,7 +179,7 @@ class HuggingFaceLLM(InProcessViews):
             validation.check_prompt(prompt)  # raises a precise error for bad types
             raise TypeError("stream() takes one prompt string; call it once per prompt, or use generate() for a batch.")
         request, budget = self._request(prompt, max_length, max_new_tokens, generate_kwargs, streaming=True)
-        return TextStream(lambda handle: self._stream(handle, request, budget))
+        return self._stream(request, budget)
 
     @overload
     def chat(self, messages: Any, max_length: int | None = ..., *, stream: Literal[False] = ..., **kw: Any) -> str: ...
@@ -211,7 +215,7 @@ class HuggingFaceLLM(InProcessViews):
             prompt, max_length, max_new_tokens, generate_kwargs, streaming=stream, messages=conversation
         )
         if stream:
-            return TextStream(lambda handle: self._stream(handle, request, budget))
+            return self._stream(request, budget)
         return self._generate(request, budget).completions[0].text
 
     def format_chat(self, messages: str | Sequence[dict[str, str]]) -> str:
@@ -331,36 +335,19 @@ class HuggingFaceLLM(InProcessViews):
         return request, budget
 
     def _generate(self, request: EngineRequest, budget: str) -> EngineResult:
-        with self._turns.request(request.stop, self._check_open):
-            result = self._engine.generate(request)
+        result = self._pipeline.call(request.stop, lambda: self._engine.generate(request))
         self._record(request, result, budget)
         return result
 
-    def _stream(self, handle: weakref.ref, request: EngineRequest, budget: str) -> Generator[str, None, None]:
-        seen: list[str] = []
-        started = time.perf_counter()
-        first: float | None = None
-        result: EngineResult | None = None
-        try:
-            with self._turns.request(request.stop, self._check_open, handle):
-                pieces = self._engine.stream(request)
-                try:
-                    while True:
-                        piece = next(pieces)
-                        first = first if first is not None else time.perf_counter() - started
-                        seen.append(piece)
-                        yield piece
-                except StopIteration as end:
-                    result = end.value
-                finally:
-                    pieces.close()
-        finally:
-            if result is None and seen:  # closed early: count what was read
-                text = "".join(seen)
+    def _stream(self, request: EngineRequest, budget: str) -> TextStream:
+        def record(pieces: list[str], result: EngineResult | None, seconds: float, first: float | None) -> None:
+            if result is None:  # closed early: count what was read
+                text = "".join(pieces)
                 tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-                result = EngineResult([Completion(text, tokens, STOPPED)], time.perf_counter() - started, first)
-            if result is not None:
-                self._record(request, result, budget)
+                result = EngineResult([Completion(text, tokens, STOPPED)], seconds, first)
+            self._record(request, result, budget)
+
+        return self._pipeline.stream(request.stop, lambda: self._engine.stream(request), record)
 
     def _record(self, request: EngineRequest, result: EngineResult, budget: str) -> None:
         self.last_stats = GenerationStats(

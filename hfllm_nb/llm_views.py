@@ -1,31 +1,42 @@
-"""The in-process side of ``HuggingFaceLLM``: its model, ``run`` on the model's thread, and the views.
+"""The facade's doors to the model itself: ``model``, ``run`` on the model's thread, explained tokens, the views.
 
-A mixin so the facade stays one readable file: everything here goes through the engine's model
-thread and the facade's turns, Stop and close, like ``generate`` does.
+A mixin so ``llm.py`` stays one readable file. Everything here takes the same ``Pipeline`` as
+``generate`` (turn, Stop, close, stats); the look-inside computations live in ``inside/`` and are
+imported on first use.
 """
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .core.turns import TextStream
+from .core import budgets, options, validation
+from .core.requests import EngineRequest, EngineResult
+from .core.stats import GenerationStats
+from .core.tokens import ExplainedToken
+from .engines.base import ExplainsTokens, InProcess
 from .errors import GenerationError
 
 if TYPE_CHECKING:
-    from .core.turns import Turns
+    from .core.pipeline import Pipeline
     from .engines.base import Engine
+    from .inside.attention import Attention
+    from .inside.compare import Comparison
+    from .inside.explain import Explanation
+    from .inside.logit_lens import LogitLens
 
 T = TypeVar("T")
 
 
-class InProcessViews:
-    """``model``, ``run``, ``run_stream``, ``explain``, ``logit_lens`` for ``HuggingFaceLLM``."""
+class ModelViews:
+    """``model``, ``run``, ``run_stream``, ``explain_stream`` and the look-inside views of ``HuggingFaceLLM``."""
 
     _engine: Engine
-    _turns: Turns
-    _check_open: Callable[[], None]  # the facade's: raises GenerationError once closed
+    _pipeline: Pipeline
+    tokenizer: Any
+    context_length: int
+    max_length: int
+    last_stats: GenerationStats | None
 
     @property
     def model(self) -> Any:
@@ -33,39 +44,12 @@ class InProcessViews:
 
         Running it on your own thread works, but ``llm.run(fn)`` keeps torch on one thread (faster).
         """
-        return self._in_process()._model()
+        return self._in_process().loaded_model()
 
-    def explain(
-        self, prompt: str, max_new_tokens: int = 20, top_k: int = 5, *, sampling_top_k: int | None = None, **kw: Any
-    ):
-        """Each token of prompt and continuation with its probability and ``top_k`` alternatives (``Explanation``).
-
-        Continues like ``generate`` (greedy unless ``do_sample=True``); ``sampling_top_k`` is
-        sampling's top-k (``top_k`` here counts the alternatives shown).
-        """
-        from .inside.explain import explain
-
-        decode = getattr(self._engine, "decode_options", None)  # compile=True: explain the compiled graph
-        settings = {"max_new_tokens": max_new_tokens, "top_k": top_k, "sampling_top_k": sampling_top_k, **kw}
-        return explain(self, prompt, decode=decode, **settings)
-
-    def logit_lens(self, prompt: str):
-        """Every layer's next-token guess at every prompt position (``LogitLens``)."""
-        from .inside.logit_lens import logit_lens
-
-        return logit_lens(self, prompt)
-
-    def attention(self, prompt: str):
-        """Every layer's and head's attention weights over the prompt (``Attention``), eager for this call."""
-        from .inside.attention import attention
-
-        return attention(self, prompt)
-
-    def compare(self, prompt: str, lanes: dict[str, dict[str, Any]], max_new_tokens: int = 20):
-        """Continue ``prompt`` once per lane of generate options and show them side by side (``Comparison``)."""
-        from .inside.compare import compare
-
-        return compare(self, prompt, lanes, max_new_tokens=max_new_tokens)
+    @property
+    def in_process(self) -> bool:
+        """True when the weights live in this process (the look-inside views need them)."""
+        return isinstance(self._engine, InProcess)
 
     def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(model, tokenizer, *args, **kwargs)`` on the model's own thread and return its result.
@@ -78,32 +62,123 @@ class InProcessViews:
         30
         """
         engine = self._in_process()
-        signal = self._turns.new_signal()
-        with self._turns.request(signal, self._check_open):
-            return engine.run(lambda model, tokenizer: fn(model, tokenizer, *args, **kwargs), signal)
+        signal = self._pipeline.new_signal()
+        job = lambda model, tokenizer: fn(model, tokenizer, *args, **kwargs)  # noqa: E731
+        return self._pipeline.call(signal, lambda: engine.run(job, signal))
 
     def run_stream(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Iterator[Any]:
         """Run ``fn(model, tokenizer, emit, stop, *args, **kwargs)`` on the model's thread; iterate what it emits.
 
         ``emit(item)`` hands an item to the reader; ``stop`` (a ``StopSignal``) is set by
-        ``llm.stop()``, ``close()``, Ctrl-C, or closing the iterator: check ``stop.is_set()``
-        between steps. The iterator follows ``stream()``'s rules; what ``fn`` returns is dropped.
+        ``llm.stop()``, ``close()``, Ctrl-C, closing the iterator or its ``.stop()``: check
+        ``stop.is_set()`` between steps. The iterator follows ``stream()``'s rules; what ``fn`` returns is dropped.
         """
         engine = self._in_process()
-        signal = self._turns.new_signal()
+        signal = self._pipeline.new_signal()
+        job = lambda model, tokenizer, emit, stop: fn(model, tokenizer, emit, stop, *args, **kwargs)  # noqa: E731
+        return self._pipeline.stream(signal, lambda: engine.run_stream(job, signal))
 
-        def body(handle: weakref.ref) -> Generator[Any, None, None]:
-            with self._turns.request(signal, self._check_open, handle):
-                job = lambda model, tokenizer, emit, stop: fn(model, tokenizer, emit, stop, *args, **kwargs)  # noqa: E731
-                yield from engine.run_stream(job, signal)
+    def explain_stream(
+        self,
+        prompt: str,
+        max_length: int | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        alternatives: int = 5,
+        add_special_tokens: bool = True,
+        include_prompt: bool = False,
+        stop_event: Any = None,
+        **generate_kwargs: Any,
+    ) -> Iterator[ExplainedToken]:
+        """Yield each new token, explained, as it is generated: ``stream`` with probabilities.
 
-        return TextStream(body)
+        Takes what ``stream`` takes (sampling's ``top_k`` too); ``alternatives`` is how many likely
+        tokens each keeps; ``include_prompt`` yields the prompt's tokens first (each scored given
+        those before it). Input is checked here, before the first token. Closing the iterator, its
+        ``.stop()``, ``llm.stop()`` or setting ``stop_event`` (anything with ``is_set()``) stops it
+        within a step. ``add_special_tokens=False`` suits a prompt from ``format_chat``: lengths then
+        bound the reply alone, as in ``chat``. Sets ``last_stats``.
 
-    def _in_process(self) -> Any:
-        self._check_open()
-        if getattr(self._engine, "run", None) is None:
+        >>> for token in llm.explain_stream("Once upon a time,", max_new_tokens=5):   # doctest: +SKIP
+        ...     print(repr(token.text), round(token.probability, 3))
+        """
+        for name, flag in (("add_special_tokens", add_special_tokens), ("include_prompt", include_prompt)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, not {flag!r}.")
+        if not isinstance(prompt, str):
+            validation.check_prompt(prompt)  # a precise message for wrong types
+            raise TypeError("Pass one prompt string; the look-inside views take one prompt at a time.")
+        engine = self._engine
+        if not isinstance(engine, ExplainsTokens):
+            raise GenerationError(f"{engine.description} cannot report token probabilities; use generate().")
+        self._pipeline.check_open()
+        validation.check_top_k(alternatives, len(self.tokenizer), "alternatives")
+        beams = generate_kwargs.get("num_beams", 1)
+        if isinstance(beams, int) and beams > 1:
+            raise ValueError(
+                f"num_beams={beams} cannot be explained token by token: beam search keeps several "
+                "sequences and picks one at the end. Drop num_beams here, or use generate() for beam search."
+            )
+        checked = options.check_options(generate_kwargs, streaming=True)
+        engine.check_options(checked)
+        prompts, encoded, lengths, budget = budgets.plan(
+            self.tokenizer,
+            prompt,
+            max_length,
+            max_new_tokens,
+            context_length=self.context_length,
+            default_max_length=self.max_length,
+            chat=not add_special_tokens,  # a prompt from format_chat: lengths bound the reply, as in chat()
+        )
+        request = EngineRequest(prompts, encoded, lengths, checked, self._pipeline.new_signal())
+
+        def record(tokens: list[ExplainedToken], result: EngineResult | None, seconds: float, first: Any) -> None:
+            new = [token for token in tokens if not token.is_prompt]
+            reason = result.completions[0].finish_reason if result is not None else "stopped"
+            if result is not None:
+                seconds, first = result.seconds, result.time_to_first_token
+            stats = GenerationStats(len(encoded[0]), len(new), seconds, first, (reason,), budget)
+            self.last_stats = stats
+
+        pieces = lambda: engine.explain_stream(request, alternatives, stop_event, include_prompt=include_prompt)  # noqa: E731
+        return self._pipeline.stream(request.stop, pieces, record)
+
+    def explain(
+        self, prompt: str, max_new_tokens: int = 20, top_k: int = 5, *, sampling_top_k: int | None = None, **kw: Any
+    ) -> Explanation:
+        """Each token of prompt and continuation with its probability and ``top_k`` alternatives (``Explanation``).
+
+        Continues like ``generate`` (greedy unless ``do_sample=True``); ``sampling_top_k`` is
+        sampling's top-k (``top_k`` here counts the alternatives shown).
+        """
+        from .inside.explain import explain
+
+        return explain(self, prompt, max_new_tokens=max_new_tokens, top_k=top_k, sampling_top_k=sampling_top_k, **kw)
+
+    def logit_lens(self, prompt: str) -> LogitLens:
+        """Every layer's next-token guess at every prompt position (``LogitLens``)."""
+        from .inside.logit_lens import logit_lens
+
+        return logit_lens(self, prompt)
+
+    def attention(self, prompt: str) -> Attention:
+        """Every layer's and head's attention weights over the prompt (``Attention``), eager for this call."""
+        from .inside.attention import attention
+
+        return attention(self, prompt)
+
+    def compare(self, prompt: str, lanes: dict[str, dict[str, Any]], max_new_tokens: int = 20) -> Comparison:
+        """Continue ``prompt`` once per lane of generate options and show them side by side (``Comparison``)."""
+        from .inside.compare import compare
+
+        return compare(self, prompt, lanes, max_new_tokens=max_new_tokens)
+
+    def _in_process(self) -> InProcess:
+        self._pipeline.check_open()
+        engine = self._engine
+        if not isinstance(engine, InProcess):
             raise GenerationError(
-                f"This needs the model's weights in this process, and {self._engine.description} runs it on a "
+                f"This needs the model's weights in this process, and {engine.description} runs it on a "
                 "server. Load it here too, e.g. HuggingFaceLLM(model_id) without endpoint=, for the look-inside views."
             )
-        return self._engine
+        return engine

@@ -16,13 +16,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
+from _waits import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -163,18 +164,6 @@ def browser_fixture() -> Iterator[Any]:
             browser.close()
 
 
-def _wait_until(check: Callable[[], Any], timeout: float, what: str, poll: float = 0.25) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after timeout s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Timed out after {timeout:.0f} s waiting for {what}.")
-        time.sleep(poll)
-
-
 _KERNEL_STATE = """() => {
     const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
     const kernel = panel && panel.sessionContext && panel.sessionContext.session
@@ -200,7 +189,7 @@ def _wait_for_idle_kernel(page: Any) -> None:
             dialog.locator(".jp-Dialog-button.jp-mod-accept").first.click()
         return page.evaluate(_KERNEL_STATE) == "idle/connected"
 
-    _wait_until(idle, KERNEL_IDLE_S, "the notebook's kernel to be idle")
+    wait_until(idle, KERNEL_IDLE_S, "the notebook's kernel to be idle")
 
 
 _RUN_CODE = """async (code) => {
@@ -238,7 +227,7 @@ def _run_all_cells(page: Any) -> None:
     for _attempt in range(3):
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
         with contextlib.suppress(AssertionError):
-            _wait_until(lambda: page.evaluate(_FIRST_CELL_STARTED), 15, "the first cell to start")
+            wait_until(lambda: page.evaluate(_FIRST_CELL_STARTED), 15, "the first cell to start")
             return
         _wait_for_idle_kernel(page)
     raise AssertionError("The kernel ignored 'Run All Cells' three times; see the server log.")

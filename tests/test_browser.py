@@ -18,7 +18,7 @@ from _browser import (  # noqa: F401  (importing the fixtures makes them availab
     Lab,
     _run_code,
     _screenshot_on_failure,
-    _wait_until,
+    wait_until,
     browser_fixture,
     lab_fixture,
     open_notebook,
@@ -84,7 +84,7 @@ def _generate_and_wait(page: Any) -> None:
     page.get_by_role("button", name="Generate").click()
     generate = page.locator(".hfllm-test-generate_button")
     status = page.locator(".hfllm-test-status")
-    _wait_until(
+    wait_until(
         lambda: generate.is_enabled() and re.match(r"\d+ tokens", status.inner_text()),
         GENERATION_S,
         "the panel to finish and show its token count",
@@ -96,7 +96,7 @@ def test_panel_renders_with_memory_readout_in_units(page):
         assert page.locator(".hfllm-test-generate_button").is_enabled()
         assert not page.locator(".hfllm-test-stop_button").is_enabled()
         memory = page.locator(".hfllm-test-memory")
-        _wait_until(
+        wait_until(
             lambda: re.search(r"\d+(?:\.\d+)? (?:MiB|GiB)", memory.inner_text()),
             10,
             "a memory readout in MiB or GiB",
@@ -111,7 +111,7 @@ def test_empty_prompt_shows_an_error_and_leaves_the_panel_idle(page):
         _type_prompt(page, "")
         page.get_by_role("button", name="Generate").click()
         error = page.locator(".hfllm-test-error")
-        _wait_until(lambda: "ValueError" in error.inner_text(), 30, "a ValueError in the panel")
+        wait_until(lambda: "ValueError" in error.inner_text(), 30, "a ValueError in the panel")
         assert "prompt" in error.inner_text().lower(), error.inner_text()
         assert page.locator(".hfllm-test-generate_button").is_enabled()
         assert not page.locator(".hfllm-test-stop_button").is_enabled()
@@ -140,16 +140,16 @@ def test_stop_ends_a_long_generation_early(page):
         generate = page.locator(".hfllm-test-generate_button")
         stop = page.get_by_role("button", name="Stop")
         generate.click()
-        _wait_until(lambda: not generate.is_enabled() and stop.is_enabled(), 30, "the panel to be busy")
+        wait_until(lambda: not generate.is_enabled() and stop.is_enabled(), 30, "the panel to be busy")
         # Streaming: the text grows while the run is still going.
-        _wait_until(lambda: _continuation(page), GENERATION_S, "the first streamed text")
+        wait_until(lambda: _continuation(page), GENERATION_S, "the first streamed text")
         first = _continuation(page)
-        _wait_until(lambda: len(_continuation(page)) >= len(first) + 15, GENERATION_S, "a few more tokens")
+        wait_until(lambda: len(_continuation(page)) >= len(first) + 15, GENERATION_S, "a few more tokens")
         assert not generate.is_enabled(), "the run ended before Stop; raise LONG_MAX_LENGTH"
 
         clicked = time.monotonic()
         stop.click()
-        _wait_until(generate.is_enabled, STOP_S, "Generate to be enabled again after Stop")
+        wait_until(generate.is_enabled, STOP_S, "Generate to be enabled again after Stop")
         idle_after = time.monotonic() - clicked
         assert not stop.is_enabled()
         status = page.locator(".hfllm-test-status").inner_text()
@@ -188,7 +188,7 @@ def test_the_panel_decodes_as_fast_as_generate_in_the_same_kernel(page):
             _run_code(page, "panel.status.value = ''")  # so the last run's figures cannot pass for this one's
             _type_prompt(page, prompt)
             page.get_by_role("button", name="Generate").click()
-            _wait_until(
+            wait_until(
                 lambda: generate.is_enabled() and re.match(r"\d+ tokens", status.inner_text()),
                 GENERATION_S,
                 "the panel to finish",
@@ -231,7 +231,7 @@ def test_remote_panel_generates_the_servers_greedy_text_and_names_the_endpoint(r
     page = remote_page
     with _screenshot_on_failure(page, "remote-generate"):
         memory = page.locator(".hfllm-test-memory")
-        _wait_until(lambda: served.url in memory.inner_text(), 10, "the readout to name the endpoint")
+        wait_until(lambda: served.url in memory.inner_text(), 10, "the readout to name the endpoint")
         _generate_and_wait(page)
         assert page.locator(".hfllm-test-error").inner_text().strip() == ""
         expected = _greedy(page, "max_length=panel.max_length.value")
@@ -247,10 +247,10 @@ def test_remote_panel_stop_ends_a_long_generation_and_the_server_answers_again(r
         stop = page.get_by_role("button", name="Stop")
         shown_before = _continuation(page)  # the previous test's text, until this run clears it
         generate.click()
-        _wait_until(lambda: _continuation(page) not in ("", shown_before), GENERATION_S, "the first streamed text")
+        wait_until(lambda: _continuation(page) not in ("", shown_before), GENERATION_S, "the first streamed text")
         assert not generate.is_enabled(), "the run ended before Stop; raise LONG_MAX_LENGTH"
         stop.click()
-        _wait_until(generate.is_enabled, STOP_S, "Generate to be enabled again after Stop")
+        wait_until(generate.is_enabled, STOP_S, "Generate to be enabled again after Stop")
         assert "stopped" in page.locator(".hfllm-test-status").inner_text()
         stopped, new_tokens = _run_code(page, "s = llm.last_stats; print(s.stopped, s.new_tokens)").split()
         assert stopped == "True" and 0 < int(new_tokens) < LONG_MAX_LENGTH

@@ -16,7 +16,7 @@ from _browser import (  # noqa: F401  (importing the fixtures makes them availab
     Lab,
     _run_code,
     _screenshot_on_failure,
-    _wait_until,
+    wait_until,
     browser_fixture,
     lab_fixture,
     open_notebook,
@@ -62,7 +62,7 @@ def _send_and_wait(page: Any, text: str, turns_after: int) -> None:
     """Type ``text``, press Enter, wait until ``turns_after`` turns show and the reply has ended."""
     _type(page, text)
     status = page.locator(".hfllm-test-status")
-    _wait_until(
+    wait_until(
         lambda: (
             _turns(page).count() == turns_after
             and page.locator(".hfllm-test-send_button").is_enabled()
@@ -118,7 +118,7 @@ def test_a_backslash_then_enter_starts_a_new_line_instead_of_sending(page):
         before = _turns(page).count()
         _type(page, "line one\\")
         box = page.locator(".hfllm-test-input textarea")
-        _wait_until(lambda: box.input_value() == "line one\n", 10, "the backslash to become a line break")
+        wait_until(lambda: box.input_value() == "line one\n", 10, "the backslash to become a line break")
         assert _turns(page).count() == before and _kernel(page, "len(panel.messages)") == str(before)
         _type(page, "", enter=False)  # leave the box empty for the next test
 
@@ -133,10 +133,10 @@ def test_hostile_text_from_the_user_and_the_model_renders_as_text(page):
         _run_code(
             page, f"panel.messages = [dict(role='user', content='hi'), dict(role='assistant', content={hostile!r})]"
         )
-        _wait_until(lambda: "onerror" in _turns(page).nth(1).inner_text(), 30, "the hostile reply as text")
+        wait_until(lambda: "onerror" in _turns(page).nth(1).inner_text(), 30, "the hostile reply as text")
         both = f"[dict(role='user', content={hostile!r}), dict(role='assistant', content={hostile!r})]"
         _run_code(page, f"panel.messages = {both}")
-        _wait_until(lambda: "<script>" in _turns(page).nth(0).inner_text(), 30, "the hostile message as text")
+        wait_until(lambda: "<script>" in _turns(page).nth(0).inner_text(), 30, "the hostile message as text")
         turns = page.locator(".hfllm-test-turns")
         assert turns.locator("script").count() == 0 and turns.locator("img").count() == 0
         assert page.evaluate("() => window.__hfllm_pwned") is None
@@ -149,14 +149,14 @@ def test_stop_mid_reply_marks_the_turn_stopped_and_the_next_send_works(page):
         _run_code(page, "panel.clear(); panel.max_length.value = 400")
         _type(page, "Count from 1 to 300, separated by commas.")
         send, stop = page.locator(".hfllm-test-send_button"), page.locator(".hfllm-test-stop_button")
-        _wait_until(lambda: _turns(page).count() == 2 and stop.is_enabled(), 30, "the reply to start")
+        wait_until(lambda: _turns(page).count() == 2 and stop.is_enabled(), 30, "the reply to start")
         reply = _turns(page).nth(1)
-        _wait_until(lambda: len(reply.inner_text()) > 40, GENERATION_S, "the reply to stream some text")
+        wait_until(lambda: len(reply.inner_text()) > 40, GENERATION_S, "the reply to stream some text")
         grown = len(reply.inner_text())
-        _wait_until(lambda: len(reply.inner_text()) > grown, GENERATION_S, "the reply to grow while streaming")
+        wait_until(lambda: len(reply.inner_text()) > grown, GENERATION_S, "the reply to grow while streaming")
         assert not send.is_enabled(), "the reply ended before Stop; ask for a longer one"
         stop.click()
-        _wait_until(send.is_enabled, STOP_S, "Send to be enabled after Stop")
+        wait_until(send.is_enabled, STOP_S, "Send to be enabled after Stop")
         assert "stopped" in reply.locator(".hfllm-chat-note").inner_text()
         assert "ended: stopped" in page.locator(".hfllm-test-status").inner_text()
         _run_code(page, "panel.max_length.value = 8")

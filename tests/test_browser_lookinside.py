@@ -16,7 +16,7 @@ from _browser import (  # noqa: F401  (importing the fixtures makes them availab
     Lab,
     _run_code,
     _screenshot_on_failure,
-    _wait_until,
+    wait_until,
     browser_fixture,
     lab_fixture,
     open_notebook,
@@ -86,7 +86,7 @@ def test_clicking_a_bar_appends_that_token(page):
         assert before == PROMPT
         token = _run_code(page, "print(explorer.candidates[1][1], end='')")  # the second bar's token
         page.locator(".hfllm-explorer-bar").nth(1).click()
-        _wait_until(lambda: text.text_content() == before + token, KERNEL_S, "the text to grow by the token")
+        wait_until(lambda: text.text_content() == before + token, KERNEL_S, "the text to grow by the token")
         assert _run_code(page, "print(explorer.text, end='')") == before + token
         _screenshot(page, ".hfllm-explorer", "explorer-after-click.png")
 
@@ -102,15 +102,15 @@ def test_moving_the_temperature_slider_redraws_the_bars(page):
         page.mouse.down()
         page.mouse.move(x + 120, y, steps=8)  # to the right: hotter, flatter
         page.mouse.up()
-        _wait_until(lambda: float(_run_code(page, "print(explorer.temperature)")) > 1.0, KERNEL_S, "a hotter T")
+        wait_until(lambda: float(_run_code(page, "print(explorer.temperature)")) > 1.0, KERNEL_S, "a hotter T")
         # Flatter: the likeliest bar shrinks, the ones after it grow.
-        _wait_until(lambda: bars.nth(0).bounding_box()["width"] < widths[0], KERNEL_S, "the first bar to shrink")
+        wait_until(lambda: bars.nth(0).bounding_box()["width"] < widths[0], KERNEL_S, "the first bar to shrink")
         assert bars.nth(2).bounding_box()["width"] > widths[2]
         _screenshot(page, ".hfllm-explorer", "explorer-after-slider.png")
         # top-p greys the bars of the tokens it leaves out (set from code: the same slider).
         _run_code(page, "explorer.top_p = 0.5")
         kept = page.locator(".hfllm-explorer-bar.mod-info")
-        _wait_until(lambda: 0 < kept.count() < bars.count(), KERNEL_S, "top-p to grey some bars")
+        wait_until(lambda: 0 < kept.count() < bars.count(), KERNEL_S, "top-p to grey some bars")
         _screenshot(page, ".hfllm-explorer", "explorer-top-p.png")
 
 

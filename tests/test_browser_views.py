@@ -16,7 +16,7 @@ from _browser import (  # noqa: F401  (importing the fixtures makes them availab
     Lab,
     _run_code,
     _screenshot_on_failure,
-    _wait_until,
+    wait_until,
     browser_fixture,
     lab_fixture,
     open_notebook,
@@ -73,7 +73,7 @@ def test_attention_view_draws_n_by_n_maps_and_hovering_a_token_shows_its_row(pag
         assert [_display(rows.nth(i)) for i in range(n)] == ["none"] * n  # nothing shown before a hover
         target = n - 1
         tokens.nth(target).hover()
-        _wait_until(lambda: _display(rows.nth(target)) == "block", KERNEL_S, "the hovered token's row to show")
+        wait_until(lambda: _display(rows.nth(target)) == "block", KERNEL_S, "the hovered token's row to show")
         assert [_display(rows.nth(i)) for i in range(n) if i != target] == ["none"] * (n - 1)
         # The row's tokens are shaded by weight: more than one shade, none missing.
         shades = rows.nth(target).locator("span[class^='c']")
@@ -96,7 +96,7 @@ def test_clicking_a_token_keeps_its_row_after_the_mouse_leaves(page):
         view.locator(".hfllm-attn-token").nth(2).click()
         page.mouse.move(5, 5)
         rows = view.locator(".hfllm-attn-row")
-        _wait_until(lambda: _display(rows.nth(2)) == "block", KERNEL_S, "the clicked token's row to stay")
+        wait_until(lambda: _display(rows.nth(2)) == "block", KERNEL_S, "the clicked token's row to stay")
 
 
 def test_the_layer_selector_redraws_the_maps(page):
@@ -105,7 +105,7 @@ def test_the_layer_selector_redraws_the_maps(page):
         assert "Layer 2 of 0 to 29" in view.text_content()
         before = view.locator(".hfllm-attn-map").first.get_attribute("src")
         view.locator("select").select_option(label="layer 5")
-        _wait_until(lambda: "Layer 5 of 0 to 29" in view.text_content(), KERNEL_S, "layer 5 to be drawn")
+        wait_until(lambda: "Layer 5 of 0 to 29" in view.text_content(), KERNEL_S, "layer 5 to be drawn")
         assert view.locator(".hfllm-attn-map").first.get_attribute("src") != before
         assert int(_run_code(page, "print(view.layer)")) == 5
         _screenshot(page, view, "attention-widget-layer5.png")

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from _waits import wait_until
 
 from hfllm_nb import ChatPanel, GenerationError, HuggingFaceLLM
 from hfllm_nb.widgets.chat_render import render_markdown
@@ -43,11 +44,6 @@ def fake_chat(*pieces, delay=0.0, calls=None):
     return chat
 
 
-def wait_until(condition, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def say(panel, text, timeout=120):

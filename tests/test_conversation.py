@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hfllm_nb.core.conversation import Conversation
+from hfllm_nb.conversation import Conversation
 
 HISTORY = [
     {"role": "system", "content": "You answer in one word."},

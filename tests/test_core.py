@@ -9,7 +9,7 @@ import time
 import weakref
 
 import pytest
-from _deadline import run_with_deadline
+from _waits import run_with_deadline
 from transformers import StoppingCriteria
 
 from hfllm_nb import GenerationError, HuggingFaceLLM

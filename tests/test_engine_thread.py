@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from _deadline import run_with_deadline
+from _waits import run_with_deadline
 from transformers import StoppingCriteria
 
 from hfllm_nb import GenerationError, HuggingFaceLLM, LLMPanel, NextTokenExplorer
@@ -43,7 +43,7 @@ def engine_threads() -> list[threading.Thread]:
 
 def test_every_way_to_run_the_model_runs_it_on_the_one_engine_thread(tiny_llm):
     # Catches any path that runs the model on the caller's or a fresh thread (two OpenMP teams).
-    engine_thread = tiny_llm._engine._thread.thread
+    engine_thread = tiny_llm._engine.model_thread.thread
     watch = ForwardThreads(tiny_llm.model)
     try:
         tiny_llm.generate(PROMPT, max_new_tokens=3)
@@ -139,7 +139,7 @@ def test_models_share_one_thread_and_the_last_close_ends_it(tiny_model_dir):
             return [t for t in threading.enumerate() if t.name == "hfllm_nb-engine"]
         first = HuggingFaceLLM({str(tiny_model_dir)!r}, dtype="float32")
         second = HuggingFaceLLM({str(tiny_model_dir)!r}, dtype="bfloat16")
-        assert first._engine._thread is second._engine._thread
+        assert first._engine.model_thread is second._engine.model_thread
         assert len(engine_threads()) == 1
         first.generate("Hi", max_new_tokens=2)
         second.generate("Hi", max_new_tokens=2)
@@ -182,7 +182,7 @@ def test_close_during_a_stream_in_another_thread_returns_promptly(default_model_
 
 
 def test_ctrl_c_while_waiting_leaves_the_engine_thread_running_and_usable(tiny_llm):
-    thread = tiny_llm._engine._thread.thread
+    thread = tiny_llm._engine.model_thread.thread
 
     class Interrupts(StoppingCriteria):
         calls = 0

@@ -55,7 +55,7 @@ def test_cache_length_grows_in_powers_of_two_within_the_context():
 
 def cache_of_the_last_call(llm) -> tuple[int, int]:
     """(batch, length) of the static cache the last generate used: FastDecode keeps the latest last."""
-    return next(reversed(llm._engine._fast.caches))
+    return next(reversed(llm._engine.fast_decode.caches))
 
 
 def test_a_short_prompt_after_a_long_one_decodes_over_a_short_cache_again(tiny_model_dir, tmp_path, caplog):
@@ -84,7 +84,7 @@ def test_a_short_prompt_after_a_long_one_decodes_over_a_short_cache_again(tiny_m
 
 
 def test_warm_up_compiles_at_load_and_leaves_no_stats(fast_tiny_llm):
-    assert fast_tiny_llm._engine._fast.compile_seconds is not None
+    assert fast_tiny_llm._engine.fast_decode.compile_seconds is not None
     assert fast_tiny_llm.last_stats is None
 
 

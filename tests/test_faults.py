@@ -70,7 +70,7 @@ def generation_threads() -> list[threading.Thread]:
 def assert_usable(llm, baseline) -> None:
     assert not llm.is_busy, "the lock was left held"
     assert not generation_threads(), "a generation thread is still running"
-    assert llm._engine._thread.thread.is_alive(), "the model thread must outlive a failed run"
+    assert llm._engine.model_thread.thread.is_alive(), "the model thread must outlive a failed run"
     assert llm.generate(PROMPT, max_new_tokens=6) == baseline
 
 

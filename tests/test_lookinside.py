@@ -8,19 +8,11 @@ import threading
 import pytest
 import torch
 
-from hfllm_nb import HuggingFaceLLM
+from hfllm_nb import ExplainedToken, Explanation, HuggingFaceLLM, LogitLens
+from hfllm_nb.core.tokens import split_characters
 from hfllm_nb.engines.local.distributions import reshape
 from hfllm_nb.inside.explain import explain_stream
-from hfllm_nb.inside.html import (
-    ExplainedToken,
-    Explanation,
-    LogitLens,
-    probability_colour,
-    render_explanation,
-    render_logit_lens,
-    render_tokens_html,
-    split_characters,
-)
+from hfllm_nb.inside.html import probability_colour, render_explanation, render_logit_lens, render_tokens_html
 
 PROMPT = "The capital of France is"
 TOLERANCE = 1e-4

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from _waits import wait_until
 
 from hfllm_nb import GenerationError, LLMPanel
 from hfllm_nb.widgets.panel import render_output
@@ -48,11 +49,6 @@ def fake_stream(*pieces, delay=0.0, fail=None):
     return stream
 
 
-def wait_until(condition, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 # ---------------------------------------------------------------- layout and settings

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from _deadline import run_with_deadline
+from _waits import run_with_deadline
 
 from hfllm_nb import GenerationError, HuggingFaceLLM, LLMPanel
 from hfllm_nb.engines import END_OF_TEXT, LENGTH, STOP_STRING

@@ -9,6 +9,7 @@ import time
 import psutil
 import pytest
 import torch
+from _waits import wait_until
 
 from hfllm_nb import LLMPanel
 
@@ -35,11 +36,6 @@ def settle(expected: int, timeout: float = 10.0) -> int:
     return threading.active_count()
 
 
-def wait_until(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.002)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ END_OF_TEXT = "end of text"  # the model emitted its end-of-sequence token
 LENGTH = "length"  # the token budget (max_length / max_new_tokens) ran out
 STOP_STRING = "stop string"  # one of the caller's stop_strings appeared
 STOPPED = "stopped"  # llm.stop(), a panel's Stop, or a closed stream
+CRITERION = "stopping criterion"  # one of the caller's own stopping_criteria
 
 
 # Why a call made on the model's own thread (from a callback) fails instead of waiting for itself.
@@ -55,6 +56,16 @@ class StopSignal:
                 self._callbacks.append(callback)
                 return
         callback()
+
+
+class EitherStop:
+    """Set when any of its signals is (a request's Stop, a caller's own event): what engines poll."""
+
+    def __init__(self, *signals: Any) -> None:
+        self.signals = [signal for signal in signals if signal is not None]
+
+    def is_set(self) -> bool:
+        return any(signal.is_set() for signal in self.signals)
 
 
 @dataclass

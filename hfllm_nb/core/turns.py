@@ -21,6 +21,8 @@ from typing import Any
 from ..errors import GenerationError
 from .requests import INSIDE_MESSAGE, StopSignal
 
+_POLL_S = 0.05  # a caller waiting for its turn wakes this often, so Ctrl-C lands at once
+
 
 class TextStream(Iterator[str]):
     """The iterator ``stream()`` and ``chat(stream=True)`` return: text pieces as they come.
@@ -29,10 +31,13 @@ class TextStream(Iterator[str]):
     a step. Reading it from one thread at a time is the caller's part.
     """
 
-    def __init__(self, body: Callable[[weakref.ref[TextStream]], Generator[str, None, None]]) -> None:
+    def __init__(
+        self, body: Callable[[weakref.ref[TextStream]], Generator[str, None, None]], signal: StopSignal | None = None
+    ) -> None:
         # The body gets a weak reference: were it strong, the two would form a cycle, and a stream
         # dropped after ``break`` would hold the model until the garbage collector came by.
         self._body = body(weakref.ref(self))
+        self.signal = signal if signal is not None else StopSignal()
         self.owner: threading.Thread | None = None
 
     def __iter__(self) -> TextStream:
@@ -43,8 +48,12 @@ class TextStream(Iterator[str]):
         return next(self._body)
 
     def close(self) -> None:
-        """Stop generating and free the model for the next call."""
+        """Stop generating and free the model for the next call (from the thread that reads it)."""
         self._body.close()
+
+    def stop(self) -> None:
+        """Stop this stream's generation within a step, from any thread; other callers' runs go on."""
+        self.signal.set()
 
 
 class Turns:
@@ -53,14 +62,15 @@ class Turns:
     def __init__(self) -> None:
         # Set once the engine exists: True on a thread that runs inside a generation (its callbacks).
         self.inside_generation: Callable[[], bool] = lambda: False
-        self._lock = threading.Lock()
+        self._free = threading.Condition()  # notified when the turn is given back
+        self._claim: object | None = None  # a token of the call holding the turn
         self._holder: Any = None  # a weakref to the TextStream holding the model, or the thread of a plain call
         self._signals: weakref.WeakSet[StopSignal] = weakref.WeakSet()
         self._signals_lock = threading.Lock()
 
     @property
     def busy(self) -> bool:
-        return self._lock.locked()
+        return self._claim is not None
 
     def new_signal(self) -> StopSignal:
         """A Stop signal for a request that has been asked for but may not have started yet."""
@@ -82,15 +92,26 @@ class Turns:
 
     @contextlib.contextmanager
     def turn(self, holder: weakref.ref[TextStream] | None = None) -> Iterator[None]:
-        """Hold the model for one call (``holder`` refers to the stream, for ``stream()``)."""
-        self._clear_the_way()
-        self._lock.acquire()
-        self._holder = holder if holder is not None else threading.current_thread()
+        """Hold the model for one call (``holder`` refers to the stream, for ``stream()``).
+
+        Taking and recording the turn happen together under one condition, inside the ``try``
+        whose ``finally`` gives it back: Ctrl-C landing between any two bytecodes can never
+        leave the turn held with no one to release it.
+        """
+        claim = object()
         try:
+            self._clear_the_way()
+            with self._free:
+                while self._claim is not None:
+                    self._free.wait(_POLL_S)
+                self._claim = claim
+                self._holder = holder if holder is not None else threading.current_thread()
             yield
         finally:
-            self._holder = None
-            self._lock.release()
+            with self._free:
+                if self._claim is claim:
+                    self._claim = self._holder = None
+                    self._free.notify()
 
     @contextlib.contextmanager
     def request(

@@ -34,6 +34,19 @@ def check_prompt(prompt: Any) -> list[str]:
 def _check_one_prompt(text: str, where: str) -> None:
     if not text.strip():
         raise ValueError(f"{where} is empty or only whitespace ({text!r}); pass some text to continue.")
+    check_text(text, where)
+
+
+def check_text(text: str, where: str) -> None:
+    """Refuse a lone surrogate (from a bad JSON escape, or non-UTF-8 bytes read with surrogateescape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start : exc.end]
+        raise ValueError(
+            f"{where} holds {bad!r} at position {exc.start}, half of a character (a lone surrogate), which no "
+            "tokenizer reads. Decode the bytes as UTF-8 with errors='replace', or fix the escape it came from."
+        ) from None
 
 
 def check_length(name: str, value: Any, *, limit: int, allow_none: bool = True) -> int | None:
@@ -132,7 +145,17 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
                 f"messages[{i}] is {short(message)}; each message must be a dict with str "
                 "'role' ('system', 'user' or 'assistant') and str 'content'."
             )
+        check_text(message["content"], f"messages[{i}]['content']")
         conversation.append({"role": message["role"], "content": message["content"]})
     if conversation[-1]["role"] != "user":
         raise ValueError("The last message must come from the 'user' role: the model answers it.")
     return conversation
+
+
+def check_top_k(top_k: Any, vocab_size: int, name: str = "top_k") -> int:
+    """How many alternatives to keep: an int from 1 to the vocabulary size."""
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
+        raise TypeError(f"{name} must be an int (how many likely tokens to show), not {type(top_k).__name__}.")
+    if not 1 <= top_k <= vocab_size:
+        raise ValueError(f"{name} must be between 1 and the vocabulary size {vocab_size}, got {top_k}.")
+    return int(top_k)

@@ -76,21 +76,13 @@ def open_engine(
         raise ValueError("Pass either device or device_map, not both (device_map='auto' places the model itself).")
     if device_map is not None and not isinstance(device_map, (str, dict)):
         raise TypeError(f"device_map must be a string such as 'auto' or a dict, not {type(device_map).__name__}.")
-    from .local import device as _device
-    from .local import loading as _loading
-    from .local.engine import LocalEngine
+    from .local import device as device_rules
+    from .local import loading
+    from .local.engine import LocalEngine, LocalSettings
 
-    target = _device.resolve_device(device)
-    _device.resolve_dtype(dtype, target)  # a bad dtype fails here, before any loading
-    source = _loading.resolve_source(model_id)
-    local = LocalEngine(
-        source,
-        device=target,
-        dtype=dtype,
-        quantization_config=quantization_config,
-        device_map=device_map,
-        trust_remote_code=trust_remote_code,
-        compile=compile,
-        load_kwargs=load_kwargs,
-    )
+    target = device_rules.resolve_device(device)
+    device_rules.resolve_dtype(dtype, target)  # a bad dtype fails here, before any loading
+    source = loading.resolve_source(model_id)
+    settings = LocalSettings(target, dtype, quantization_config, device_map, trust_remote_code, compile, load_kwargs)
+    local = LocalEngine(source, settings)
     return local, source.label if model_id is None else str(model_id)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core import validation
-from .html import token_text
+from ..core.tokens import token_text
 
 if TYPE_CHECKING:
     from ..llm import HuggingFaceLLM

@@ -2,25 +2,24 @@
 
 Plain functions, no widgets (``compare_view`` draws). Each lane's text is what
 ``llm.generate(prompt, **lane, return_full_text=False)`` gives. Greedy and sampling lanes run
-through ``lookinside.explain_stream`` (generate with each token's probability recorded; unlike
+through ``llm.explain_stream`` (generate with each token's probability recorded; unlike
 ``llm.explain`` it passes a sampling ``top_k`` through). Beam search keeps its scores to itself,
 so a beam lane is generated, then scored by one teacher-forced forward pass (``llm.run``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from ..core import options as _options
 from ..core import validation
-from ..engines.local.distributions import summarize
+from ..core.tokens import ExplainedToken, token_text
+from ..engines.local.explain import explain_prompt
 from ..errors import GenerationError
-from .html import ExplainedToken, token_text
 
 if TYPE_CHECKING:
     from ..llm import HuggingFaceLLM
@@ -155,12 +154,10 @@ def _beam(options: dict[str, Any]) -> bool:
 
 def _explained_lane(llm: HuggingFaceLLM, prompt: str, name: str, options: dict[str, Any], budget: int) -> Lane:
     """Greedy and sampling: the tokens as generated, each recorded with its probability on the way."""
-    from .explain import explain_stream  # the facade's module; imported late, as llm.py does
-
     # generate() samples with transformers' default top_k (50) when none is given; explain_stream
     # reads the generation config, which leaves it unset, so the default is passed explicitly.
     defaults = {"top_k": llm.sampling_defaults["top_k"]} if options.get("do_sample") else {}
-    stream = explain_stream(llm, prompt, max_new_tokens=budget, alternatives=_ALTERNATIVES, **{**defaults, **options})
+    stream = llm.explain_stream(prompt, max_new_tokens=budget, alternatives=_ALTERNATIVES, **{**defaults, **options})
     tokens = list(stream)
     text = llm.tokenizer.decode([t.token_id for t in tokens], skip_special_tokens=True)  # as generate decodes
     return Lane(name, options, text, tokens, _total(tokens))
@@ -178,26 +175,7 @@ def _beam_lane(llm: HuggingFaceLLM, prompt: str, name: str, options: dict[str, A
 def score_continuation(model: Any, tokenizer: Any, prompt_ids: list[int], new_ids: list[int]) -> list[ExplainedToken]:
     """Each of ``new_ids`` with its probability given everything before it: one teacher-forced pass.
 
-    Row i of the logits predicts token i + 1, so the rows from the prompt's last token on score
-    the new tokens. Runs on the model's thread (``llm.run``).
+    Runs on the model's thread (``llm.run``); the prompt's own rows are scored and dropped.
     """
-    ids = prompt_ids + new_ids
-    device = model.get_input_embeddings().weight.device
-    with torch.inference_mode():
-        logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0]  # (n, vocab)
-        log_probs = torch.log_softmax(logits[len(prompt_ids) - 1 : -1].float(), dim=-1)  # (new, vocab)
-        chosen = log_probs.gather(-1, torch.tensor(new_ids, device=log_probs.device)[:, None])[:, 0].exp().cpu()
-        values, top_ids, entropy = summarize(log_probs, _ALTERNATIVES)
-    tokens = []
-    for row, token_id in enumerate(new_ids):
-        text, partial = token_text(tokenizer, token_id)
-        alternatives = tuple(
-            (token_text(tokenizer, i)[0], p) for i, p in zip(top_ids[row].tolist(), values[row].tolist(), strict=True)
-        )
-        tokens.append(
-            ExplainedToken(
-                text, token_id, False, float(chosen[row]), float(entropy[row]), alternatives,
-                tuple(top_ids[row].tolist()), None, partial,
-            )
-        )  # fmt: skip
-    return tokens
+    scored = explain_prompt(model, tokenizer, prompt_ids + new_ids, _ALTERNATIVES)[len(prompt_ids) :]
+    return [dataclasses.replace(token, is_prompt=False) for token in scored]

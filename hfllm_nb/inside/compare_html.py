@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from typing import TYPE_CHECKING
 
-from .html import _legend, render_tokens_html
+from .html import probability_legend, render_tokens_html
 
 if TYPE_CHECKING:
     from .compare import Comparison, Lane
@@ -59,6 +59,6 @@ def render_comparison(comparison: Comparison) -> str:
         f'<div style="color:#555">prompt: <span style="{_TEXT};color:#6a737d">{html.escape(comparison.prompt)}</span>'
         f" · up to {comparison.max_new_tokens} new tokens per lane · {html.escape(where)}; "
         "hover over a token for its alternatives</div>"
-        f"{notes}{_legend()}"
+        f"{notes}{probability_legend()}"
         f'<div class="hfllm-compare-lanes" style="display:flex;gap:8px;align-items:flex-start">{columns}</div></div>'
     )

@@ -7,16 +7,17 @@ Colab. All model text is escaped. Also here: how a token reads, split UTF-8 char
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import html
 import itertools
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from ..core.tokens import ExplainedToken, split_characters
+
+if TYPE_CHECKING:
+    from .explain import Explanation
+    from .logit_lens import LogitLens
+
 
 # ColorBrewer RdYlBu end and middle: orange (unlikely), pale yellow, blue (likely). Readable
 # with dark text, and distinguishable with the common colour-vision deficiencies.
@@ -25,139 +26,6 @@ _MONO = "font-family:monospace"  # not var(--jp-…): the sanitizer of a reopene
 _TEXT_STYLE = f"white-space:pre-wrap;{_MONO};line-height:1.9;color:#111"
 _NO_COLOUR = "#ffffff"
 _LENS_CELL_CHARS = 8  # longer top tokens are cut in the heatmap (the title has them whole)
-
-
-# ----------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class ExplainedToken:
-    """One token of an ``Explanation``, with what the model thought of it.
-
-    ``probability`` and ``entropy`` (nats) describe the model's raw distribution for this
-    position, before temperature, top-k or top-p; ``sampled_probability`` is the probability
-    under the distribution sampling actually drew from (``None`` when greedy or for the prompt).
-    ``partial_bytes`` is set when the token holds only part of a UTF-8 character; ``text``
-    then shows those bytes as ``\\x`` escapes instead of "�". ``from_server``: the numbers come
-    from a server's top-k log-probabilities (a remote engine), so ``entropy`` is a lower bound over
-    the returned alternatives, and a prompt token may have no probability (``None``).
-    """
-
-    text: str
-    token_id: int
-    is_prompt: bool
-    probability: float | None
-    entropy: float | None
-    alternatives: tuple[tuple[str, float], ...] = ()
-    alternative_ids: tuple[int, ...] = ()
-    sampled_probability: float | None = None
-    partial_bytes: bytes | None = None
-    from_server: bool = False
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """Prompt and continuation, token by token (``llm.explain(...)``); displays as coloured text."""
-
-    tokens: list[ExplainedToken]
-    text: str  # prompt + continuation, as generate() returns it
-    settings: dict[str, Any] = field(default_factory=dict)  # how the continuation was chosen
-
-    @property
-    def generated(self) -> list[ExplainedToken]:
-        return [token for token in self.tokens if not token.is_prompt]
-
-    def __repr__(self) -> str:
-        new, how = len(self.generated), _describe(self.settings)
-        return f"Explanation({len(self.tokens) - new} prompt + {new} new tokens, {how}: {self.text!r})"
-
-    def _repr_html_(self) -> str:
-        return render_explanation(self)
-
-
-@dataclass(frozen=True)
-class LogitLens:
-    """Each layer's next-token guess at each prompt position (``llm.logit_lens(prompt)``).
-
-    Row 0 reads the embeddings, row i the output of block i; the last row is the model's own
-    prediction. ``probabilities[i, j]`` is the probability layer i gives ``top_ids[i, j]``.
-    """
-
-    prompt_tokens: list[str]
-    layer_names: list[str]
-    top_ids: torch.Tensor  # (layers + 1, positions)
-    top_tokens: list[list[str]]
-    probabilities: torch.Tensor  # (layers + 1, positions), float32 on the CPU
-
-    def __repr__(self) -> str:
-        layers, positions = tuple(self.top_ids.shape)
-        return f"LogitLens(embeddings + {layers - 1} layers x {positions} positions, last row {self.top_tokens[-1]!r})"
-
-    def _repr_html_(self) -> str:
-        return render_logit_lens(self)
-
-
-# ----------------------------------------------------------------------------- readable tokens
-
-
-@functools.cache
-def _byte_decoder() -> dict[str, int]:
-    # Byte-level BPE (GPT-2, Llama 3, SmolLM) writes each byte as one printable character.
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    return {char: byte for byte, char in bytes_to_unicode().items()}
-
-
-def _piece_bytes(piece: str) -> bytes | None:
-    """The raw bytes behind a vocabulary entry, where the tokenizer's scheme tells them."""
-    fallback = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)  # SentencePiece byte fallback
-    if fallback:
-        return bytes([int(fallback[1], 16)])
-    decoder = _byte_decoder()
-    if piece and all(char in decoder for char in piece):
-        return bytes(decoder[char] for char in piece)
-    return None
-
-
-def token_text(tokenizer: Any, token_id: int) -> tuple[str, bytes | None]:
-    """A token as readable text, plus its bytes when it holds only part of a UTF-8 character.
-
-    Such a token decodes to "�" on its own; here its bytes read as ``\\x`` escapes instead.
-
-    >>> token_text(llm.tokenizer, 23274)   # the first two bytes of "日"   # doctest: +SKIP
-    ('\\\\xe6\\\\x97', b'\\xe6\\x97')
-    """
-    text = tokenizer.decode([token_id])
-    piece = tokenizer.convert_ids_to_tokens(token_id)
-    if "\ufffd" in text and isinstance(piece, str):
-        raw = _piece_bytes(piece)
-        if raw is not None:
-            try:
-                return raw.decode("utf-8"), None
-            except UnicodeDecodeError:
-                return raw.decode("utf-8", errors="backslashreplace"), raw
-    if isinstance(piece, str) and piece.startswith("▁") and not text.startswith(" "):
-        text = " " + text  # SentencePiece drops a word's leading space when decoding one token
-    return text, None
-
-
-def split_characters(tokens: Sequence[ExplainedToken]) -> list[str | None]:
-    """For each token that splits a character: the text it forms with its neighbours, else None."""
-    joined: list[str | None] = [None] * len(tokens)
-    start = 0
-    while start < len(tokens):
-        if tokens[start].partial_bytes is None:
-            start += 1
-            continue
-        buffer, end = b"", start
-        while end < len(tokens) and tokens[end].partial_bytes is not None:
-            buffer += tokens[end].partial_bytes
-            end += 1
-            with contextlib.suppress(UnicodeDecodeError):
-                joined[start:end] = [buffer.decode("utf-8")] * (end - start)
-                break
-        start = end if joined[start] is not None else start + 1
-    return joined
 
 
 # ----------------------------------------------------------------------------- colours and words
@@ -237,7 +105,7 @@ def _visible(text: str) -> str:
     return text.replace("\n", "↵\n")
 
 
-def _legend() -> str:
+def probability_legend() -> str:
     swatches = "".join(
         f'<span style="background-color:{probability_colour(p)};padding:0 6px;{_MONO}">{percent(p)}</span>'
         for p in (0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
@@ -245,7 +113,7 @@ def _legend() -> str:
     return f'<div style="margin:4px 0;font-size:12px">probability of each token, given all before it: {swatches}</div>'
 
 
-def _describe(settings: dict[str, Any]) -> str:
+def describe_settings(settings: dict[str, Any]) -> str:
     if not settings.get("do_sample"):
         return "greedy (each new token is the most likely one)"
     shown = ", ".join(f"{name}={value}" for name, value in settings.items() if name != "do_sample")
@@ -270,9 +138,9 @@ def render_explanation(explanation: Explanation) -> str:
     note = "; numbers from the server's top-k log-probabilities: entropy is a lower bound over them" if served else ""
     return (
         '<div class="hfllm-explain">'
-        f'<div style="font-size:12px;color:#555">{html.escape(_describe(explanation.settings) + note)}; '
+        f'<div style="font-size:12px;color:#555">{html.escape(describe_settings(explanation.settings) + note)}; '
         "hover over a token for its alternatives and entropy; dotted underline = prompt</div>"
-        f"{_legend()}"
+        f"{probability_legend()}"
         f'<div class="hfllm-explain-text" style="{_TEXT_STYLE}">{render_tokens_html(explanation.tokens)}</div>'
         "<details><summary>every token in a table</summary>"
         f"{_table(explanation.tokens)}</details></div>"

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core import validation
+from ..core.tokens import ExplainedToken, token_text
 from ..engines.local.distributions import reshape
-from .explain import vocab_size
-from .html import ExplainedToken, token_text
+from ..engines.local.explain import vocab_size
 
 if TYPE_CHECKING:
     from ..llm import HuggingFaceLLM

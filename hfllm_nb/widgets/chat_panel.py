@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from ..core.conversation import STOPPED, Conversation, PromptPlan, check_message_text
+from ..conversation import STOPPED, Conversation, PromptPlan, check_message_text
 from ..errors import GenerationError
 from .chat_render import STYLE, prompt_html, turn_html
 from .controls import BackgroundRun, GenerationControls, describe_stats, error_html, set_tooltip
@@ -233,6 +233,7 @@ class ChatPanel(BackgroundRun, widgets.VBox):
         self._update_buttons()
         self._draw_turns(pending=True)
         self._draw_prompt()
+        self._chunks = chunks
         self._worker = threading.Thread(
             target=self._work, args=(chunks, stats_before), name="hfllm_nb-chat", daemon=True
         )

@@ -13,7 +13,7 @@ from typing import Any
 
 from markdown_it import MarkdownIt
 
-from ..core.conversation import STOPPED, PromptPlan
+from ..conversation import STOPPED, PromptPlan
 
 # One <style> for the whole panel, scoped by class so it touches nothing else on the page.
 STYLE = """<style>

@@ -31,13 +31,16 @@ class BackgroundRun:
     _busy: bool
     _stop_requested: threading.Event
     _worker: threading.Thread | None
+    _chunks: Any = None  # the run's stream (a TextStream): its Stop is this panel's alone
 
     def stop(self) -> None:
-        """Stop the running generation within one step, as clicking Stop does."""
+        """Stop this panel's run within one step, as clicking Stop does; other callers' runs go on."""
         if not self._busy:
             return  # never stop a generation that someone else started on this model
         self._stop_requested.set()
-        self.llm.stop()
+        chunks = self._chunks
+        if chunks is not None:
+            chunks.stop()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the run has ended and the panel shows it (or ``timeout`` seconds pass); True if idle."""

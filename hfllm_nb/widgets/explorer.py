@@ -17,9 +17,10 @@ import ipywidgets as widgets
 import torch
 
 from ..core import validation
-from ..engines.local.distributions import check_top_k
+from ..core.tokens import token_text
+from ..core.validation import check_top_k
 from ..errors import GenerationError
-from ..inside.html import percent, quoted, render_tokens_html, token_text
+from ..inside.html import percent, quoted, render_tokens_html
 from ..inside.stepper import TokenStepper
 
 if TYPE_CHECKING:

@@ -176,12 +176,8 @@ class LLMPanel(BackgroundRun, widgets.VBox):
             kwargs = self.settings()
             # Validation happens here, in the caller's thread, before any thread starts.
             if self.probabilities.value:
-                from ..inside.explain import explain_stream
-
                 text = self.llm.format_chat(prompt) if chat else prompt
-                chunks = explain_stream(
-                    self.llm, text, add_special_tokens=not chat, stop_event=self._stop_requested, **kwargs
-                )
+                chunks = self.llm.explain_stream(text, add_special_tokens=not chat, **kwargs)
             elif chat:
                 chunks = self.llm.chat(prompt, stream=True, **kwargs)
             else:
@@ -194,6 +190,9 @@ class LLMPanel(BackgroundRun, widgets.VBox):
         self.tokens = [] if self.probabilities.value else None
         self.output.value = render_output(prompt, "", chat=chat)
         self.status.value = "generating…"
+        self._chunks = chunks
+        if self._stop_requested.is_set():  # Stop pressed while the request was being checked
+            chunks.stop()
         self._worker = threading.Thread(
             target=self._work,
             args=(chunks, prompt, chat, stats_before),

@@ -5,18 +5,28 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import threading
 import time
 from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
 
-from ...core.requests import LENGTH, STOPPED, Completion, EngineRequest, EngineResult, StopSignal
+from ...core.requests import (
+    CRITERION,
+    END_OF_TEXT,
+    LENGTH,
+    STOPPED,
+    Completion,
+    EitherStop,
+    EngineRequest,
+    EngineResult,
+    StopSignal,
+)
+from ...core.tokens import ExplainedToken
 from ...errors import GenerationError
-from . import device as _device
-from . import fast_decode, model_thread
-from . import loading as _loading
+from . import device as device_rules
+from . import fast_decode, loading, model_thread
 from .hooks import StepWatch, TextEmitter
 
 logger = logging.getLogger("hfllm_nb")
@@ -27,67 +37,57 @@ T = TypeVar("T")
 FALLBACK_CONTEXT = 2048
 
 
+@dataclass(frozen=True)
+class LocalSettings:
+    """How to load an in-process model: the ``HuggingFaceLLM`` arguments that apply to one.
+
+    ``device`` is resolved; ``dtype`` is the user's ("auto", a name or a torch.dtype);
+    ``quantization_config`` the user's dict (see ``quantization.plan_quantization``).
+    """
+
+    device: torch.device
+    dtype: Any = "auto"
+    quantization_config: Any = None
+    device_map: Any = None
+    trust_remote_code: bool = False
+    compile: bool = False
+    load_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
 class LocalEngine:
     """Loads a causal LM with transformers and generates with ``model.generate``.
 
-    Args:
-        source: where the weights come from (``_loading.resolve_source``).
-        device: a resolved ``torch.device``; ignored when ``device_map`` is given.
-        dtype: the user's dtype argument ("auto", a name or a torch.dtype).
-        quantization_config: the user's dict (see ``_quantization.plan_quantization``).
-        device_map, trust_remote_code, compile, load_kwargs: as ``HuggingFaceLLM`` documents them.
+    Every torch operation of the model, loading included, runs on the shared model thread
+    (``model_thread``); this object only enqueues jobs and reads their results.
     """
 
-    def __init__(
-        self,
-        source: _loading.ModelSource,
-        *,
-        device: torch.device,
-        dtype: Any,
-        quantization_config: Any,
-        device_map: Any,
-        trust_remote_code: bool,
-        compile: bool,
-        load_kwargs: dict[str, Any],
-    ) -> None:
-        # Everything torch does for this model happens on one thread, loading included (see model_thread).
-        self._close_lock, self._released = threading.Lock(), False
-        self._thread = model_thread.acquire()
-        settings = (device, dtype, quantization_config, device_map, trust_remote_code, compile, load_kwargs)
+    def __init__(self, source: loading.ModelSource, settings: LocalSettings) -> None:
         try:
-            self._thread.call(lambda: self._load(source, *settings))
+            self.model_thread = model_thread.acquire(self)
+            self.model_thread.call(lambda: self._load(source, settings), owner=self)
         except BaseException:
-            model_thread.release(self._thread)
+            model_thread.release(self)
             raise
 
-    def _load(
-        self,
-        source: _loading.ModelSource,
-        device: torch.device,
-        dtype: Any,
-        quantization_config: Any,
-        device_map: Any,
-        trust_remote_code: bool,
-        compile: bool,
-        load_kwargs: dict[str, Any],
-    ) -> None:
+    def _load(self, source: loading.ModelSource, settings: LocalSettings) -> None:
         """Load, quantize and warm up the model: on the model thread, like every later torch op."""
-        self.dtype = _device.resolve_dtype(dtype, device)
+        device = settings.device
+        self.dtype = device_rules.resolve_dtype(settings.dtype, device)
         plan = None
-        if quantization_config is not None:
+        if settings.quantization_config is not None:
             from .quantization import plan_quantization
 
-            plan = plan_quantization(quantization_config, dtype=self.dtype, device=device)
-        fast_decode.check_compile(compile, plan)
+            plan = plan_quantization(settings.quantization_config, dtype=self.dtype, device=device)
+        fast_decode.check_compile(settings.compile, plan)
         self.quantization = plan
-        self.model, self.tokenizer = _loading.load_model_and_tokenizer(
+        self.model, self.tokenizer = loading.load_model_and_tokenizer(
             source,
             dtype=plan.load_dtype if plan is not None else self.dtype,
             # Loading straight onto the device avoids a CPU copy; quantized weights must never be .to()'d.
-            device_map=device_map if device_map is not None else {"": str(device)},
+            device_map=settings.device_map if settings.device_map is not None else {"": str(device)},
             quantization=plan.from_pretrained_config if plan is not None else None,
-            trust_remote_code=trust_remote_code,
-            load_kwargs=load_kwargs,
+            trust_remote_code=settings.trust_remote_code,
+            load_kwargs=settings.load_kwargs,
         )
         if plan is not None:
             plan.after_load(self.model)
@@ -98,10 +98,13 @@ class LocalEngine:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.context_length = self._context_length()
         self._eos_ids = self._end_token_ids()
-        self._fast = fast_decode.FastDecode(self.device, self.context_length, self.model.config) if compile else None
-        if self._fast is not None:
-            fast_decode.use_fused_decode_attention(self.model, self.device, load_kwargs.get("attn_implementation"))
-            self._fast.warm_up(self._warm_up_generate)
+        self.fast_decode = (
+            fast_decode.FastDecode(self.device, self.context_length, self.model.config) if settings.compile else None
+        )
+        if self.fast_decode is not None:
+            attention = settings.load_kwargs.get("attn_implementation")
+            fast_decode.use_fused_decode_attention(self.model, self.device, attention)
+            self.fast_decode.warm_up(self._warm_up_generate)
 
     # ----------------------------------------------------------------- Engine protocol
 
@@ -123,44 +126,64 @@ class LocalEngine:
         """Every option of ``_options.ALLOWED_OPTIONS`` works in-process."""
 
     def generate(self, request: EngineRequest) -> EngineResult:
-        return self._thread.call(lambda: self._generate_here(request), request.stop)
+        return self.model_thread.call(lambda: self._generate_here(request), request.stop, owner=self)
 
     def stream(self, request: EngineRequest) -> Generator[str, None, EngineResult]:
         """Text pieces as the model thread produces them; closing this stops generation within a step."""
-        return (yield from self._thread.stream(lambda emit: self._generate_here(request, emit), request.stop))
+        job = lambda emit: self._generate_here(request, emit)  # noqa: E731
+        return (yield from self.model_thread.stream(job, request.stop, owner=self))
 
     def close(self) -> None:
-        """Free the weights on the model thread (after any queued job); the last model ends the thread."""
-        if self._thread.is_current():
+        """Withdraw this model's queued jobs and drop its weights; the last model ends the thread.
+
+        Never waits for another model's run: the weights are dropped here, on the caller's thread
+        (a job of this model still ending holds them only until its step is done). Idempotent,
+        and a close interrupted by Ctrl-C still lets go of the thread.
+        """
+        if self.model_thread.is_current():
             raise GenerationError("close() cannot run inside a generation callback; call it after the run ends.")
-        with self._close_lock:
-            if self._released:
-                return
-            self._released = True
-        self._thread.call(self._free)
-        model_thread.release(self._thread)
+        try:
+            self.model_thread.withdraw(self)
+            self._free()
+        finally:
+            model_thread.release(self)
 
     # ----------------------------------------------------------------- look-inside views
 
     def run(self, fn: Callable[[Any, Any], T], stop: StopSignal | None = None) -> T:
         """``fn(model, tokenizer)`` on the model thread, for views that run forward passes of their own."""
-        return self._thread.call(lambda: fn(self._model(), self.tokenizer), stop)
+        return self.model_thread.call(lambda: fn(self.loaded_model(), self.tokenizer), stop, owner=self)
 
     def run_stream(self, fn: Callable[..., T], stop: StopSignal) -> Generator[Any, None, T]:
         """``fn(model, tokenizer, emit, stop)`` on the model thread; yields what it emits."""
-        return (yield from self._thread.stream(lambda emit: fn(self._model(), self.tokenizer, emit, stop), stop))
+        job = lambda emit: fn(self.loaded_model(), self.tokenizer, emit, stop)  # noqa: E731
+        return (yield from self.model_thread.stream(job, stop, owner=self))
+
+    def explain_stream(
+        self, request: EngineRequest, alternatives: int, stop_event: Any = None, *, include_prompt: bool = False
+    ) -> Generator[ExplainedToken, None, EngineResult]:
+        """Each new token explained as it is generated (the prompt's first, if asked); see ``explain``."""
+        from .explain import explain_job
+
+        stop = EitherStop(request.stop, stop_event)
+        decode = self.decode_options
+        settings = {"include_prompt": include_prompt, "defaults": self.sampling_defaults, "decode": decode}
+        def job(emit: Callable[[Any], None]) -> EngineResult:
+            return explain_job(self.loaded_model(), self.tokenizer, request, alternatives, emit, stop, **settings)
+
+        return (yield from self.model_thread.stream(job, request.stop, owner=self))
 
     def decode_options(self, batch: int, prompt_width: int, new_tokens: int) -> dict[str, Any]:
         """This engine's own generate settings (compile=True: static cache, compiled step); model thread only."""
-        return self._fast.options(batch, prompt_width, new_tokens) if self._fast is not None else {}
+        return self.fast_decode.options(batch, prompt_width, new_tokens) if self.fast_decode is not None else {}
 
     def in_model_thread(self) -> bool:
         """True inside a running job (a streamer or stopping-criterion callback): calls from here must fail."""
-        return self._thread.is_current()
+        return self.model_thread.is_current()
 
     # ----------------------------------------------------------------- internals
 
-    def _model(self) -> Any:
+    def loaded_model(self) -> Any:
         model = self.__dict__.get("model")
         if model is None:
             raise GenerationError("This model was closed; load it again with HuggingFaceLLM(...).")
@@ -168,7 +191,7 @@ class LocalEngine:
 
     def _free(self) -> None:
         model = self.__dict__.pop("model", None)
-        self._fast = None
+        self.fast_decode = None
         if model is None:
             return
         del model
@@ -265,15 +288,24 @@ class LocalEngine:
         for row, (ids, budget) in enumerate(zip(output.tolist(), request.budgets, strict=True)):
             # Cut each row where it ended (a finished row of a batch is padded after that), and to
             # its own budget, so a batch item equals its single-prompt result.
-            kept, reason = watch.ended.get(row, (budget, None))
-            new_ids = ids[width : width + min(kept, budget)]
-            if reason is None or kept > budget:
-                reason = LENGTH if len(new_ids) >= budget else STOPPED  # else: Stop, or a caller's criterion
+            new_ids = ids[width:]
+            kept, reason = watch.ended.get(row, (None, None)) if watch.per_row else self._beam_end(new_ids)
+            new_ids = new_ids[: min(kept if kept is not None else budget, budget)]
+            if reason is None or (kept is not None and kept > budget):
+                early = STOPPED if watch.stopped else CRITERION  # Stop, or one of the caller's own criteria
+                reason = LENGTH if len(new_ids) >= budget else early
             text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
             completions.append(Completion(text, len(new_ids), reason, new_ids))
         first = watch.first_token_at - watch.started if watch.first_token_at is not None else None
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
         return EngineResult(completions, seconds=seconds, time_to_first_token=first, peak_gpu_memory=peak)
+
+    def _beam_end(self, new_ids: list[int]) -> tuple[int | None, str | None]:
+        """Where a beam-search result ended: its rows are beams while it runs, so the output tells."""
+        for position, token_id in enumerate(new_ids):
+            if token_id in self._eos_ids:
+                return position + 1, END_OF_TEXT  # what follows is padding
+        return None, None
 
     def _warm_up_generate(self, prompt: str, **lengths: int) -> None:
         """The ``generate`` that ``FastDecode.warm_up`` calls, on this engine directly."""

@@ -13,7 +13,8 @@ import time
 from collections.abc import Generator
 from typing import Any
 
-from ...core.requests import STOPPED, Completion, EngineRequest, EngineResult
+from ...core.requests import STOPPED, Completion, EitherStop, EngineRequest, EngineResult
+from ...core.tokens import ExplainedToken, token_text
 from ...errors import GenerationError, ModelLoadError
 from ..local import loading as _loading
 from . import errors as _openai_errors
@@ -150,12 +151,14 @@ class RemoteEngine:
         return EngineResult([self._completion(request, reply)], time.perf_counter() - reply.started, first)
 
     def explain_stream(
-        self, request: EngineRequest, alternatives: int, stop_event: Any = None
-    ) -> Generator[Any, None, EngineResult]:
+        self, request: EngineRequest, alternatives: int, stop_event: Any = None, *, include_prompt: bool = False
+    ) -> Generator[ExplainedToken, None, EngineResult]:
         """Yield each new token as an ``ExplainedToken`` from the server's log-probabilities (completions).
 
         A server that ignores ``logprobs`` (``transformers serve``) raises GenerationError naming
         the servers that return them. ``stop_event`` (anything with ``is_set()``) stops it like Stop.
+        ``include_prompt``: the prompt's tokens first, without probabilities (no server's echoed
+        prompt log-probabilities have been verified right so far).
         """
         if len(request.prompts) != 1 or request.messages is not None:
             raise TypeError("explain takes one prompt string (format a chat with llm.format_chat first).")
@@ -166,8 +169,12 @@ class RemoteEngine:
             )
         if self._vocabulary is None:
             self._vocabulary = _openai_logprobs.VocabularyText(self.tokenizer)
+        if include_prompt:
+            for token_id in request.token_ids[0]:
+                text, partial = token_text(self.tokenizer, token_id)
+                yield ExplainedToken(text, token_id, True, None, None, partial_bytes=partial, from_server=True)
         reply = Reply(time.perf_counter())
-        stop = _Either(request.stop, stop_event)
+        stop = EitherStop(request.stop, stop_event)
         yield from self._pieces(request, 0, reply, logprobs=alternatives, stop=stop)
         first = reply.first_at - reply.started if reply.first_at is not None else None
         return EngineResult([self._completion(request, reply)], time.perf_counter() - reply.started, first)
@@ -312,16 +319,6 @@ class RemoteEngine:
     def _tokenizer_context(self) -> int:
         value = getattr(self.tokenizer, "model_max_length", None)
         return value if isinstance(value, int) and 0 < value < 10**7 else FALLBACK_CONTEXT
-
-
-class _Either:
-    """Set when either of two stop signals is (the request's Stop, a caller's ``stop_event``)."""
-
-    def __init__(self, first: Any, second: Any) -> None:
-        self.signals = [signal for signal in (first, second) if signal is not None]
-
-    def is_set(self) -> bool:
-        return any(signal.is_set() for signal in self.signals)
 
 
 def _local_settings(source: _loading.ModelSource, trust_remote_code: bool, load_kwargs: dict[str, Any]) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ...inside.html import ExplainedToken, token_text
+from ...core.tokens import ExplainedToken, token_text
 
 # Servers whose echoed prompt log-probabilities (``echo: true``) were checked against in-process
 # numbers and found right. llama-cpp-python 0.3.36 lists token i+1's alternatives at token i, so
