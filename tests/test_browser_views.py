@@ -16,10 +16,10 @@ from _browser import (  # noqa: F401  (importing the fixtures makes them availab
     Lab,
     _run_code,
     _screenshot_on_failure,
-    wait_until,
     browser_fixture,
     lab_fixture,
     open_notebook,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(400)]
