@@ -12,7 +12,6 @@ from transformers import AutoModelForCausalLM
 
 import hfllm_nb.engines.local.device as device_module
 from hfllm_nb import HuggingFaceLLM, ModelLoadError
-from hfllm_nb.engines.local import device as device_module
 from hfllm_nb.engines.local.device import available_devices, resolve_device, resolve_dtype
 from hfllm_nb.engines.local.quantization import footprint_bytes, plan_quantization
 

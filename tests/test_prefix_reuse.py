@@ -46,7 +46,8 @@ def real_fp32(default_model_dir):
 
 @pytest.fixture()
 def tiny(tiny_model_dir):
-    """A fresh tiny model per test: some tests change its weights."""
+    """A fresh tiny model per test, for bookkeeping (some tests change its weights). Its random
+    weights repeat one token whatever the prompt, so tests of the text itself use the real model."""
     llm = HuggingFaceLLM(str(tiny_model_dir), dtype="float32")
     yield llm
     llm.close()
@@ -87,32 +88,36 @@ def test_streamed_turn_reuses_and_streams_the_same_reply(real_fp32):
     assert streamed == raw_reply(real_fp32, messages, 12)
 
 
-def test_a_prompt_that_diverges_reuses_only_the_shared_part(tiny):
+def test_a_prompt_that_diverges_reuses_only_the_shared_part(real_fp32):
     # Catches reusing the whole kept cache when the new prompt differs part way (no crop).
     first, second = "The capital of France is Paris and the", "The capital of France is a city with"
-    tiny.generate(first, max_new_tokens=8)
-    text = tiny.generate(second, max_new_tokens=8, return_full_text=False)
-    expected = shared_prefix(ids_of(tiny, first), ids_of(tiny, second))
-    assert 0 < expected < len(ids_of(tiny, second))
-    assert tiny.last_stats.prompt_tokens_reused == expected
-    assert text == tiny.tokenizer.decode(raw_greedy_ids(tiny, ids_of(tiny, second), 8), skip_special_tokens=True)
+    real_fp32.generate(first, max_new_tokens=8)
+    text = real_fp32.generate(second, max_new_tokens=8, return_full_text=False)
+    expected = shared_prefix(ids_of(real_fp32, first), ids_of(real_fp32, second))
+    assert 0 < expected < len(ids_of(real_fp32, second))
+    assert real_fp32.last_stats.prompt_tokens_reused == expected
+    assert text == real_fp32.tokenizer.decode(
+        raw_greedy_ids(real_fp32, ids_of(real_fp32, second), 8), skip_special_tokens=True
+    )
 
 
-def test_the_same_prompt_twice_runs_its_last_token_again(tiny):
+def test_the_same_prompt_twice_runs_its_last_token_again(real_fp32):
     # Catches reusing every prompt token: generate then has nothing to run for the first logits.
     prompt = "Once upon a time, in a land far far away"
-    first = tiny.generate(prompt, max_new_tokens=8)
-    again = tiny.generate(prompt, max_new_tokens=8)
+    first = real_fp32.generate(prompt, max_new_tokens=8)
+    again = real_fp32.generate(prompt, max_new_tokens=8)
     assert again == first
-    assert tiny.last_stats.prompt_tokens_reused == len(ids_of(tiny, prompt)) - 1
+    assert real_fp32.last_stats.prompt_tokens_reused == len(ids_of(real_fp32, prompt)) - 1
 
 
-def test_a_prompt_extending_the_last_prompt_and_its_reply_reuses_both(tiny):
-    text = tiny.generate("Once upon a time", max_new_tokens=6)
+def test_a_prompt_extending_the_last_prompt_and_its_reply_reuses_both(real_fp32):
+    text = real_fp32.generate("Once upon a time", max_new_tokens=6)
     longer = text + " and then"
-    again = tiny.generate(longer, max_new_tokens=6, return_full_text=False)
-    assert tiny.last_stats.prompt_tokens_reused >= len(ids_of(tiny, "Once upon a time")) + 4
-    assert again == tiny.tokenizer.decode(raw_greedy_ids(tiny, ids_of(tiny, longer), 6), skip_special_tokens=True)
+    again = real_fp32.generate(longer, max_new_tokens=6, return_full_text=False)
+    assert real_fp32.last_stats.prompt_tokens_reused >= len(ids_of(real_fp32, "Once upon a time")) + 4
+    assert again == real_fp32.tokenizer.decode(
+        raw_greedy_ids(real_fp32, ids_of(real_fp32, longer), 6), skip_special_tokens=True
+    )
 
 
 def test_changed_weights_drop_the_kept_prefix(tiny):
@@ -172,7 +177,10 @@ def test_batches_and_beam_search_neither_use_nor_replace_the_kept_prefix(tiny):
     assert tiny.last_stats.prompt_tokens_reused == 0 and tiny._engine.cached_prefix == kept
     assert beams == tiny.tokenizer.decode(
         tiny.model.generate(
-            torch.tensor([ids_of(tiny, prompt)]), max_new_tokens=4, num_beams=2, do_sample=False,
+            torch.tensor([ids_of(tiny, prompt)]),
+            max_new_tokens=4,
+            num_beams=2,
+            do_sample=False,
             pad_token_id=tiny.tokenizer.pad_token_id,
         )[0],
         skip_special_tokens=True,
@@ -200,9 +208,13 @@ def test_one_prefix_is_kept_and_its_bytes_match_the_config(tiny):
         tiny.generate(prompt, max_new_tokens=5)
     tokens, nbytes = tiny._engine.cached_prefix
     config = tiny.model.config
-    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * (
-        config.hidden_size // config.num_attention_heads
-    ) * 4  # keys and values, float32
+    per_token = (
+        2
+        * config.num_hidden_layers
+        * config.num_key_value_heads
+        * (config.hidden_size // config.num_attention_heads)
+        * 4
+    )  # keys and values, float32
     assert tokens == len(ids_of(tiny, "Hello there, how are you")) + 4
     assert nbytes == tokens * per_token
 
@@ -215,8 +227,8 @@ def test_a_cache_over_the_byte_limit_is_not_kept(tiny):
     assert tiny.last_stats.prompt_tokens_reused == 0
 
 
-def test_a_quantized_model_reuses_its_prefix_with_the_same_text(tiny_model_dir):
-    eight = HuggingFaceLLM(str(tiny_model_dir), device="cpu", quantization_config={"load_in_8bit": True})
+def test_a_quantized_model_reuses_its_prefix_with_the_same_text(default_model_dir):
+    eight = HuggingFaceLLM(device="cpu", quantization_config={"load_in_8bit": True})
     try:
         eight.generate("The capital of France is", max_new_tokens=6)
         text = eight.generate("The capital of France is a city", max_new_tokens=8, return_full_text=False)

@@ -16,9 +16,9 @@ from ...core.requests import LENGTH, STOPPED, Completion, EngineRequest, EngineR
 from ...errors import GenerationError
 from . import device as _device
 from . import fast_decode, model_thread
-from .prefix_cache import PrefixCache
 from . import loading as _loading
 from .hooks import StepWatch, TextEmitter
+from .prefix_cache import PrefixCache
 
 logger = logging.getLogger("hfllm_nb")
 

@@ -24,7 +24,7 @@ MAX_KEPT_BYTES = 1 << 30
 def shared_prefix(a: list[int], b: list[int]) -> int:
     """How many leading token ids ``a`` and ``b`` have in common."""
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1
