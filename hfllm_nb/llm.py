@@ -358,6 +358,7 @@ class HuggingFaceLLM(ModelViews):
             finish_reasons=tuple(c.finish_reason for c in result.completions),
             budget=budget,
             peak_gpu_memory=result.peak_gpu_memory,
+            prompt_tokens_reused=result.prompt_tokens_reused,
         )
 
     def _full_text(self, prompt_ids: list[int], prompt: str, completion: Any) -> str:

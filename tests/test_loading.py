@@ -60,16 +60,66 @@ def test_unknown_device_values_are_rejected(asked, error):
         resolve_device(asked)
 
 
-def test_auto_dtype_follows_the_hardware(monkeypatch):
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert resolve_dtype("auto", cpu) == torch.bfloat16
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
-    assert resolve_dtype("auto", cpu) == torch.float32
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert resolve_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    assert resolve_dtype("auto", torch.device("cuda", 0)) == torch.float16
+AVX2_FLAGS = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma f16c"
+AVX512_FLAGS = AVX2_FLAGS + " avx512f avx512dq avx512bw avx512vl avx512_vnni"
+
+
+def _cpu_with(monkeypatch, flags: str, capability: str) -> torch.dtype:
+    """What dtype="auto" picks on a CPU with these /proc/cpuinfo flags and torch capability."""
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: frozenset(flags.split()))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    return resolve_dtype("auto", torch.device("cpu"))
+
+
+def _cuda_with(monkeypatch, capability: tuple[int, int]) -> torch.dtype:
+    """What dtype="auto" picks on a GPU of this compute capability, where torch claims bf16 works."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)  # true on a T4 too
+    return resolve_dtype("auto", torch.device("cuda", 0))
+
+
+def test_auto_dtype_is_float32_on_an_avx2_cpu_without_bf16(monkeypatch):
+    # Catches choosing by torch's vector capability (AVX2 -> bf16, the old rule: 4x slower prefill).
+    assert _cpu_with(monkeypatch, AVX2_FLAGS, "AVX2") == torch.float32
+
+
+def test_auto_dtype_is_float32_on_avx512_without_its_bf16_extension(monkeypatch):
+    # Catches treating any AVX-512 (Skylake-X, Ice Lake) as native bf16.
+    assert _cpu_with(monkeypatch, AVX512_FLAGS, "AVX512") == torch.float32
+
+
+@pytest.mark.parametrize("flag", ["avx512_bf16", "amx_bf16"])
+def test_auto_dtype_is_bfloat16_on_a_cpu_with_native_bf16(monkeypatch, flag):
+    # Catches a rule that never picks bf16 on a CPU (or forgets AMX).
+    assert _cpu_with(monkeypatch, f"{AVX512_FLAGS} {flag}", "AVX512") == torch.bfloat16
+
+
+def test_auto_dtype_is_float32_on_a_cpu_without_vector_units(monkeypatch):
+    assert _cpu_with(monkeypatch, "fpu sse sse2", "DEFAULT") == torch.float32
+
+
+def test_cpu_flags_reads_the_flags_line_of_cpuinfo(tmp_path):
+    # Catches reading the wrong line (e.g. "vmx flags", or "bugs") or missing a flag at the end of it.
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {AVX512_FLAGS} avx512_bf16\n"
+        "vmx flags\t: ept vpid\nbugs\t\t: spectre_v1\n\nprocessor\t: 1\nflags\t\t: fpu\n"
+    )
+    flags = device_module.cpu_flags(str(info))
+    assert "avx512_bf16" in flags and "avx2" in flags and "ept" not in flags and "spectre_v1" not in flags
+    assert device_module.cpu_prefers_bfloat16(flags)
+
+
+@pytest.mark.parametrize("gpu, capability", [("T4", (7, 5)), ("V100", (7, 0))])
+def test_auto_dtype_is_float16_below_ampere_even_when_torch_says_bf16_works(monkeypatch, gpu, capability):
+    # Catches torch.cuda.is_bf16_supported(), which counts emulation and says True on a T4.
+    assert _cuda_with(monkeypatch, capability) == torch.float16, gpu
+
+
+@pytest.mark.parametrize("gpu, capability", [("A100", (8, 0)), ("RTX 4090", (8, 9)), ("H100", (9, 0))])
+def test_auto_dtype_is_bfloat16_from_ampere_on(monkeypatch, gpu, capability):
+    # Catches an off-by-one threshold (> (8, 0)) or comparing the major version only against 9.
+    assert _cuda_with(monkeypatch, capability) == torch.bfloat16, gpu
 
 
 @pytest.mark.parametrize(

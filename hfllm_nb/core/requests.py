@@ -96,3 +96,4 @@ class EngineResult:
     seconds: float
     time_to_first_token: float | None
     peak_gpu_memory: int | None = None
+    prompt_tokens_reused: int = 0  # prompt tokens whose KV came from the previous call (prefix reuse)

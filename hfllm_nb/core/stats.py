@@ -14,6 +14,9 @@ class GenerationStats:
     ``finish_reasons`` has one entry per prompt: "end of text" (the model's end token),
     "length" (the budget ran out), "stop string" or "stopped" (``llm.stop()``, Stop, a closed
     stream). ``budget`` names the limit that applied, e.g. "max_length=20".
+    ``prompt_tokens_reused``: how many prompt tokens were not run again because the previous call
+    on this model had them (an in-process model keeps the KV cache of its last prompt and reply;
+    servers do their own prefix caching, so for them it stays 0).
     """
 
     prompt_tokens: int
@@ -23,6 +26,7 @@ class GenerationStats:
     finish_reasons: tuple[str, ...]
     budget: str
     peak_gpu_memory: int | None = None
+    prompt_tokens_reused: int = 0
 
     @property
     def tokens_per_second(self) -> float:

@@ -73,27 +73,57 @@ def _check_exists(parsed: torch.device, asked: object) -> None:
     )
 
 
-def cpu_prefers_bfloat16() -> bool:
-    """Whether bf16 decodes faster than fp32 on this CPU.
+# CPU flags (as Linux's /proc/cpuinfo spells them) that mean bf16 matmuls run in hardware.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# The first CUDA compute capability with bf16 tensor cores (Ampere, sm 8.0); T4 is 7.5, V100 7.0.
+CUDA_BF16_CAPABILITY = (8, 0)
 
-    Decoding a small model is bound by memory bandwidth, so halving the bytes per
-    weight pays off as soon as the CPU converts bf16 in vector registers: AVX2 or
-    better on x86 (benchmarks/run.py measures it). On aarch64 torch reports "DEFAULT"
-    even with NEON, so such machines get float32 until a measurement says otherwise.
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """This CPU's feature flags, from Linux's cpuinfo; elsewhere, the bf16 ones torch's cpuinfo detects."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.split(":")[0].strip() in ("flags", "Features"):  # x86 / aarch64
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    probes = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_bf16": "_is_amx_tile_supported"}
+    return frozenset(flag for flag, probe in probes.items() if getattr(torch.cpu, probe, lambda: False)())
+
+
+def cpu_prefers_bfloat16(flags: frozenset[str] | None = None) -> bool:
+    """Whether bf16 is the faster dtype on this CPU: only with bf16 in hardware (AVX512-BF16 or AMX).
+
+    Without them (plain AVX2 or AVX-512, any aarch64 so far) every bf16 matmul converts to fp32
+    in software: a 1000-token prompt prefilled ~4× slower than in float32 on a 2-core AVX2 machine
+    (issue 28), for a ~13 % faster decode. So those CPUs get float32; ``benchmarks/cost.py`` measures it.
     """
-    capability = torch.backends.cpu.get_cpu_capability()
-    return capability not in ("DEFAULT", "NO AVX", "")
+    return bool(NATIVE_BF16_FLAGS & (cpu_flags() if flags is None else flags))
+
+
+def cuda_prefers_bfloat16(device: torch.device) -> bool:
+    """bf16 from compute capability 8.0 (A100, H100, RTX 30xx); below, float16.
+
+    Not ``torch.cuda.is_bf16_supported()``: it says True on a T4 (sm 7.5), where bf16 is
+    emulated and float16 runs on the tensor cores.
+    """
+    return torch.cuda.get_device_capability(device) >= CUDA_BF16_CAPABILITY
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """Pick the dtype to load weights in. ``"auto"`` or ``None`` chooses by device."""
+    """Pick the dtype to load weights in. ``"auto"`` or ``None`` chooses by device.
+
+    CUDA: bfloat16 from compute capability 8.0, float16 below. MPS: float16. CPU: bfloat16 with
+    AVX512-BF16 or AMX, float32 otherwise.
+    """
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPE_NAMES.values():
             raise ValueError(f"dtype {dtype} is not supported; use torch.float32, bfloat16 or float16.")
         return dtype
     if dtype is None or dtype == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if cuda_prefers_bfloat16(device) else torch.float16
         if device.type == "mps":
             return torch.float16
         return torch.bfloat16 if cpu_prefers_bfloat16() else torch.float32

@@ -28,6 +28,7 @@ from ...errors import GenerationError
 from . import device as device_rules
 from . import fast_decode, loading, model_thread
 from .hooks import StepWatch, TextEmitter
+from .prefix_cache import PrefixCache
 
 logger = logging.getLogger("hfllm_nb")
 
@@ -101,6 +102,9 @@ class LocalEngine:
         self.fast_decode = (
             fast_decode.FastDecode(self.device, self.context_length, self.model.config) if settings.compile else None
         )
+        # compile=True bypasses prefix reuse: its static caches are sized per call and reset before each one.
+        usable = not settings.compile and PrefixCache.supported(self.model)
+        self._prefix = PrefixCache(self.model) if usable else None
         if self.fast_decode is not None:
             attention = settings.load_kwargs.get("attn_implementation")
             fast_decode.use_fused_decode_attention(self.model, self.device, attention)
@@ -152,11 +156,11 @@ class LocalEngine:
 
     def run(self, fn: Callable[[Any, Any], T], stop: StopSignal | None = None) -> T:
         """``fn(model, tokenizer)`` on the model thread, for views that run forward passes of their own."""
-        return self.model_thread.call(lambda: fn(self.loaded_model(), self.tokenizer), stop, owner=self)
+        return self.model_thread.call(lambda: fn(self._view_model(), self.tokenizer), stop, owner=self)
 
     def run_stream(self, fn: Callable[..., T], stop: StopSignal) -> Generator[Any, None, T]:
         """``fn(model, tokenizer, emit, stop)`` on the model thread; yields what it emits."""
-        job = lambda emit: fn(self.loaded_model(), self.tokenizer, emit, stop)  # noqa: E731
+        job = lambda emit: fn(self._view_model(), self.tokenizer, emit, stop)  # noqa: E731
         return (yield from self.model_thread.stream(job, stop, owner=self))
 
     def explain_stream(
@@ -168,10 +172,21 @@ class LocalEngine:
         stop = EitherStop(request.stop, stop_event)
         decode = self.decode_options
         settings = {"include_prompt": include_prompt, "defaults": self.sampling_defaults, "decode": decode}
+
         def job(emit: Callable[[Any], None]) -> EngineResult:
             return explain_job(self.loaded_model(), self.tokenizer, request, alternatives, emit, stop, **settings)
 
         return (yield from self.model_thread.stream(job, request.stop, owner=self))
+
+    @property
+    def cached_prefix(self) -> tuple[int, int]:
+        """Tokens and bytes of the KV cache kept for the next call's prompt (0, 0 when none is kept)."""
+        prefix = self.__dict__.get("_prefix")
+        return (prefix.tokens, prefix.nbytes) if prefix is not None else (0, 0)
+
+    def forget_prefix(self) -> None:
+        """Drop the kept KV cache (e.g. after changing the model in a way its weights do not show)."""
+        self.model_thread.call(lambda: self._prefix.drop() if self._prefix is not None else None, owner=self)
 
     def decode_options(self, batch: int, prompt_width: int, new_tokens: int) -> dict[str, Any]:
         """This engine's own generate settings (compile=True: static cache, compiled step); model thread only."""
@@ -189,9 +204,16 @@ class LocalEngine:
             raise GenerationError("This model was closed; load it again with HuggingFaceLLM(...).")
         return model
 
+    def _view_model(self) -> Any:
+        """The model, for a view's own forward passes: those may hook or alter it, so the kept prefix goes."""
+        model = self.loaded_model()
+        if self._prefix is not None:
+            self._prefix.drop()
+        return model
+
     def _free(self) -> None:
         model = self.__dict__.pop("model", None)
-        self.fast_decode = None
+        self.fast_decode = self._prefix = None
         if model is None:
             return
         del model
@@ -208,8 +230,19 @@ class LocalEngine:
             self.tokenizer,
         )
         watch.per_row = request.options.get("num_beams", 1) == 1
-        output = self._run(request, watch, TextEmitter(self.tokenizer, emit) if emit is not None else None)
-        return self._result(request, output, watch)
+        # One prompt, no beams: the KV of the prompt part it shares with the last call is reused.
+        prefix = self._prefix if watch.per_row and len(request.token_ids) == 1 else None
+        reused = prefix.prepare(request.token_ids[0]) if prefix is not None else 0
+        try:
+            output = self._run(request, watch, TextEmitter(self.tokenizer, emit) if emit is not None else None)
+        except BaseException:
+            if prefix is not None:
+                prefix.drop()
+            raise
+        if prefix is not None:
+            # Stopped before its first token: the prompt may not be what the next call extends.
+            prefix.finish(output[0].tolist(), keep=not (watch.stopped and watch.steps <= 1))
+        return self._result(request, output, watch, reused)
 
     def _context_length(self) -> int:
         config = self.model.config
@@ -254,6 +287,8 @@ class LocalEngine:
         options.setdefault("do_sample", False)
         options.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         options = {**self.decode_options(len(request.token_ids), width, max(request.budgets)), **options}
+        if self._prefix is not None and self._prefix.live is not None:
+            options["cache"] = self._prefix.live
         return {"max_new_tokens": max(request.budgets), "stopping_criteria": criteria, **options}
 
     def _run(self, request: EngineRequest, watch: StepWatch, streamer: Any = None) -> torch.Tensor:
@@ -274,6 +309,9 @@ class LocalEngine:
             pass
         # Raised outside the except block, so the OOM error and the frames holding the
         # KV cache and activations are released before the cached memory is returned.
+        kwargs.clear()
+        if self._prefix is not None:
+            self._prefix.drop()
         if on_cuda:
             torch.cuda.empty_cache()
         raise GenerationError(
@@ -281,7 +319,7 @@ class LocalEngine:
             "or load the model with quantization_config={'load_in_4bit': True}."
         )
 
-    def _result(self, request: EngineRequest, output: torch.Tensor, watch: StepWatch) -> EngineResult:
+    def _result(self, request: EngineRequest, output: torch.Tensor, watch: StepWatch, reused: int = 0) -> EngineResult:
         seconds = time.perf_counter() - watch.started
         width = max(len(ids) for ids in request.token_ids)
         completions = []
@@ -298,7 +336,7 @@ class LocalEngine:
             completions.append(Completion(text, len(new_ids), reason, new_ids))
         first = watch.first_token_at - watch.started if watch.first_token_at is not None else None
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
-        return EngineResult(completions, seconds=seconds, time_to_first_token=first, peak_gpu_memory=peak)
+        return EngineResult(completions, seconds, first, peak_gpu_memory=peak, prompt_tokens_reused=reused)
 
     def _beam_end(self, new_ids: list[int]) -> tuple[int | None, str | None]:
         """Where a beam-search result ended: its rows are beams while it runs, so the output tells."""
