@@ -104,6 +104,9 @@ class HuggingFaceLLM(ModelViews):
             logger.error("%s", exc)  # the one place load failures are logged, whatever raised them
             raise
         self._engine: Engine = engine
+        # A model the notebook drops (``llm = HuggingFaceLLM()`` run again) is freed with its views;
+        # close() runs the same, once.
+        self._let_go = weakref.finalize(self, _let_go, engine, self._views, self._turns)
         if isinstance(engine, InProcess):
             self._turns.inside_generation = engine.in_model_thread
         self.load_seconds = time.perf_counter() - started
@@ -295,10 +298,7 @@ class HuggingFaceLLM(ModelViews):
         if self._turns.inside_generation():
             raise GenerationError("close() cannot run inside a generation callback; call it after the run ends.")
         self._closed = True  # from here on every call, and every stream not yet started, says so
-        self.stop()
-        for view in list(self._views):
-            view.close()
-        self._engine.close()
+        self._let_go()
 
     def __enter__(self) -> HuggingFaceLLM:
         return self
@@ -366,3 +366,16 @@ class HuggingFaceLLM(ModelViews):
         if completion.token_ids is None:
             return prompt + completion.text
         return self.tokenizer.decode(prompt_ids + completion.token_ids, skip_special_tokens=True)
+
+
+def _let_go(engine: Engine, views: weakref.WeakSet, turns: Turns) -> None:
+    """Stop every request, close the views, free the engine: ``close()``, or the model being collected.
+
+    The engine is freed even if closing a view is interrupted.
+    """
+    try:
+        turns.stop_all()
+        for view in list(views):
+            view.close()
+    finally:
+        engine.close()

@@ -663,3 +663,21 @@ def test_bad_panel_prompt_shows_a_short_red_error_and_the_panel_stays_usable(tin
         assert PROMPT + panel.result_text == baseline
     finally:
         panel.close()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda llm: llm.generate("caf\udce9"),
+        lambda llm: llm.count_tokens("caf\udce9"),
+        lambda llm: llm.chat("caf\udce9"),
+        lambda llm: llm.chat([{"role": "user", "content": "caf\udce9"}]),
+        lambda llm: list(llm.stream("caf\udce9")),
+    ],
+    ids=["generate", "count_tokens", "chat", "chat messages", "stream"],
+)
+def test_a_lone_surrogate_is_refused_by_name_and_the_model_still_works(tiny_llm, call):
+    # Break caught: the tokenizer's "TextEncodeInput must be Union[...]" TypeError from deep inside.
+    with pytest.raises(ValueError, match="lone surrogate"):
+        call(tiny_llm)
+    assert tiny_llm.generate("Hello", max_new_tokens=2)

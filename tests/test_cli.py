@@ -175,3 +175,23 @@ def run_in_process(args: list[str]) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(args)
     return code, out.getvalue(), err.getvalue()
+
+
+def test_served_model_without_an_endpoint_is_refused_not_ignored():
+    # Break caught: --served-model was silently dropped when --endpoint was missing.
+    result = run_cli("generate", "Hello", "--served-model", "smol")
+    assert result.returncode == 2
+    assert "--served-model" in result.stderr and "--endpoint" in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_prompt_of_non_utf8_bytes_is_a_clear_error(tmp_path):
+    # Break caught: bytes that are not UTF-8 reach Python as lone surrogates, and the tokenizer raised
+    # "TextEncodeInput must be Union[...]".
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable.encode(), b"-m", b"hfllm_nb", b"generate", b"caf\xe9"], capture_output=True, env=env,
+        timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert b"surrogate" in result.stderr and b"Traceback" not in result.stderr

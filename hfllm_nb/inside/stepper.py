@@ -160,6 +160,10 @@ class TokenStepper:
         self.ids.pop()
         self.chosen.pop()
 
+    def release(self) -> None:
+        """Drop the KV cache (it can be large); the next step rebuilds it from the tokens."""
+        self._cache = None
+
     def reset(self) -> None:
         """Back to the prompt; its logits were kept, so no model call."""
         self._crop(len(self.prompt_ids))

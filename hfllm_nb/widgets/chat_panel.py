@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ import ipywidgets as widgets
 from ..conversation import STOPPED, Conversation, PromptPlan, check_message_text
 from ..errors import GenerationError
 from .chat_render import STYLE, prompt_html, turn_html
-from .controls import BackgroundRun, GenerationControls, describe_stats, error_html, set_tooltip
+from .controls import BackgroundRun, GenerationControls, close_tree, describe_stats, error_html, set_tooltip
 from .monitor import MemoryMonitor
 from .settings import CHAT_SETTINGS, check_panel_settings
 
@@ -58,7 +59,7 @@ class ChatPanel(BackgroundRun, widgets.VBox):
     _STOP_DRAIN_S = 2.0  # after Stop, read what the stream flushes for at most this long
 
     def __init__(self, llm: HuggingFaceLLM, system_prompt: str | None = None, **initial_settings: Any) -> None:
-        self.llm = llm
+        self._llm_ref = weakref.ref(llm)
         start = check_panel_settings(llm, initial_settings, names=CHAT_SETTINGS, owner="ChatPanel")
         if not getattr(llm.tokenizer, "chat_template", None):
             raise ValueError(f"ChatPanel needs a chat template, and {llm.model_id!r} has none; load an instruct model.")
@@ -89,7 +90,6 @@ class ChatPanel(BackgroundRun, widgets.VBox):
         self.temperature, self.top_p, self.top_k = controls.temperature, controls.top_p, controls.top_k
         self.status = widgets.HTML()
         self.error = widgets.HTML()
-        self.memory = MemoryMonitor(start["memory_interval"], llm=llm)
 
         self.reply_text = ""  # the reply being streamed, or the last one
         self.last_plan: PromptPlan | None = None  # what the model read for that reply
@@ -120,9 +120,16 @@ class ChatPanel(BackgroundRun, widgets.VBox):
         self._own += [self.prompt_view, *controls.all, self.status, self.error]
         self._update_buttons()
         top = [self.style_html, self.system_box, self.turns, self.input, self._boxes[0], self.prompt_view]
-        super().__init__([*top, *self._boxes[1:], self.status, self.error, self.memory])
-        self.add_class("hfllm-chat")
-        llm.register_view(self)  # llm.close() closes the panel too
+        self.memory = None
+        try:  # the readout's thread is the one thing to undo if Ctrl-C lands from here on
+            self.memory = MemoryMonitor(start["memory_interval"], llm=llm)
+            super().__init__([*top, *self._boxes[1:], self.status, self.error, self.memory])
+            self.add_class("hfllm-chat")
+            llm.register_view(self)  # llm.close() closes the panel too
+        except BaseException:
+            if self.memory is not None:
+                self.memory.close()
+            raise
 
     # ---------------------------------------------------------------- the conversation
 
@@ -189,13 +196,14 @@ class ChatPanel(BackgroundRun, widgets.VBox):
 
     def close(self) -> None:
         """Stop the reply and the memory readout, then close every widget."""
-        if not hasattr(self, "_boxes"):  # __init__ failed (ipywidgets closes from __del__)
+        if getattr(self, "memory", None) is None:  # __init__ failed (ipywidgets closes from __del__)
             return super().close()
         self.stop()
         self.wait(timeout=30)
         self.memory.close()
         for widget in (*self._turn_widgets, *self._own, *self._boxes):
             widget.close()
+        close_tree(self)
         super().close()
 
     # ---------------------------------------------------------------- a run
@@ -264,6 +272,7 @@ class ChatPanel(BackgroundRun, widgets.VBox):
                 self.last_error = failure
                 logger.debug("Chat reply failed", exc_info=failure)
                 self.error.value = error_html(failure)
+            self._chunks = None  # the stream holds the model: let it go with the run
             with self._state_lock:
                 self._busy = False
             self._update_buttons()

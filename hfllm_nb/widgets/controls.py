@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import html
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
+from ..errors import GenerationError
 from .settings import NO_SEED
 
 if TYPE_CHECKING:
@@ -24,10 +26,39 @@ WIDE = {"description_width": "initial"}
 ERROR_STYLE = "color:#c62828"
 
 
-class BackgroundRun:
-    """Stop and wait for a panel whose run reads the model from a worker thread (both panels)."""
+def close_tree(widget: Any) -> None:
+    """Close everything ``widget`` holds: its children, theirs, and every Layout and Style model.
 
-    llm: Any
+    ipywidgets keeps each open model (a Layout too) in its registry, so a tree closed only at the
+    top keeps the rest, and what they reference, alive. ``widget`` itself is left to its caller.
+    """
+    seen, todo = {id(widget)}, [widget]
+    while todo:
+        current = todo.pop()
+        parts = [*(getattr(current, "children", None) or ()), getattr(current, "layout", None)]
+        parts.append(getattr(current, "style", None))
+        for part in parts:
+            if isinstance(part, widgets.Widget) and id(part) not in seen:
+                seen.add(id(part))
+                todo.append(part)
+                part.close()
+
+
+class BackgroundRun:
+    """Stop and wait for a panel whose run reads the model from a worker thread (both panels).
+
+    The panel holds its model weakly (``llm``), so a model the notebook has dropped is freed,
+    closing its panels with it, instead of living on in the widget registry.
+    """
+
+    _llm_ref: weakref.ref
+
+    @property
+    def llm(self) -> Any:
+        llm = self._llm_ref()
+        if llm is None:
+            raise GenerationError("This panel's model was dropped; make a new panel with llm.panel().")
+        return llm
     _busy: bool
     _stop_requested: threading.Event
     _worker: threading.Thread | None

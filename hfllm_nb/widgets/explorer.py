@@ -22,6 +22,7 @@ from ..core.validation import check_top_k
 from ..errors import GenerationError
 from ..inside.html import percent, quoted, render_tokens_html
 from ..inside.stepper import TokenStepper
+from .controls import close_tree
 
 if TYPE_CHECKING:
     from ..llm import HuggingFaceLLM
@@ -190,7 +191,8 @@ class NextTokenExplorer(widgets.VBox):
     def close(self) -> None:
         stepper = getattr(self, "stepper", None)  # absent when __init__ failed
         if stepper is not None:
-            stepper._cache = None  # the KV cache can be large; free it with the widget
+            stepper.release()  # the KV cache can be large; free it with the widget
+        close_tree(self)
         super().close()
 
     # ----------------------------------------------------------------- drawing
@@ -229,9 +231,10 @@ class NextTokenExplorer(widgets.VBox):
         try:
             if action is not None:
                 action()
+            self._redraw()  # it reads the model too, so its failure shows here as well
         except (TypeError, ValueError, GenerationError) as exc:
             self.error.value = f'<span style="color:#b00020">{html.escape(f"{type(exc).__name__}: {exc}")}</span>'
-        self._redraw()
+
 
     def _redraw(self) -> None:
         stepper = self.stepper

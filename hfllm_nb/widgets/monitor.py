@@ -21,6 +21,7 @@ from ..core.memory import (
     format_bytes,
     read_memory,
 )
+from .controls import close_tree
 
 if TYPE_CHECKING:
     from ..llm import GenerationStats, HuggingFaceLLM
@@ -57,8 +58,7 @@ class _Row(widgets.HBox):
         self.detail.value = html.escape(detail)
 
     def close(self) -> None:
-        for child in (self.label, self.bar, self.detail):
-            child.close()
+        close_tree(self)
         super().close()
 
 
@@ -200,6 +200,7 @@ class MemoryMonitor(widgets.VBox):
             self._tracker = None
         for child in (*self._gpu_rows, self._rss_row, self._ram_row, self.engine_label, self.peak_label):
             child.close()
+        close_tree(self)
         super().close()
 
     def _loop(self) -> None:

@@ -11,13 +11,14 @@ import html
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
 from ..errors import GenerationError
-from .controls import BackgroundRun, GenerationControls, describe_stats, error_html, set_tooltip
+from .controls import BackgroundRun, GenerationControls, close_tree, describe_stats, error_html, set_tooltip
 from .monitor import MemoryMonitor
 from .settings import check_panel_settings
 
@@ -71,7 +72,7 @@ class LLMPanel(BackgroundRun, widgets.VBox):
     _STOP_DRAIN_S = 2.0  # after Stop, read what the stream flushes for at most this long
 
     def __init__(self, llm: HuggingFaceLLM, **initial_settings: Any) -> None:
-        self.llm = llm
+        self._llm_ref = weakref.ref(llm)
         start = check_panel_settings(llm, initial_settings)
         has_template = bool(getattr(llm.tokenizer, "chat_template", None))
         self.prompt = widgets.Textarea(
@@ -97,7 +98,6 @@ class LLMPanel(BackgroundRun, widgets.VBox):
         self.output = widgets.HTML(render_output("", ""))
         self.status = widgets.HTML()
         self.error = widgets.HTML()
-        self.memory = MemoryMonitor(start["memory_interval"], llm=llm)
 
         self.result_text = ""  # plain continuation of the last (or current) run
         self.tokens: list | None = None  # with probabilities on: the explained tokens of that run
@@ -137,8 +137,15 @@ class LLMPanel(BackgroundRun, widgets.VBox):
             self._controls.sampling_row(),
         ]
         self._boxes = rows
-        super().__init__([self.prompt, *rows, self.output, self.status, self.error, self.memory])
-        llm.register_view(self)  # llm.close() stops and closes it, however it was built
+        self.memory = None
+        try:  # the readout's thread is the one thing to undo if Ctrl-C lands from here on
+            self.memory = MemoryMonitor(start["memory_interval"], llm=llm)
+            super().__init__([self.prompt, *rows, self.output, self.status, self.error, self.memory])
+            llm.register_view(self)  # llm.close() stops and closes it, however it was built
+        except BaseException:
+            if self.memory is not None:
+                self.memory.close()
+            raise
 
     # ---------------------------------------------------------------- public API
 
@@ -204,13 +211,14 @@ class LLMPanel(BackgroundRun, widgets.VBox):
 
     def close(self) -> None:
         """Stop the generation and the memory readout, then close every widget."""
-        if not hasattr(self, "_boxes"):  # __init__ failed (ipywidgets closes from __del__)
+        if getattr(self, "memory", None) is None:  # __init__ failed (ipywidgets closes from __del__)
             return super().close()
         self.stop()
         self.wait(timeout=30)
         self.memory.close()
         for widget in (*self._own, *self._boxes):
             widget.close()
+        close_tree(self)
         super().close()
 
     # ---------------------------------------------------------------- callbacks
@@ -235,6 +243,7 @@ class LLMPanel(BackgroundRun, widgets.VBox):
                 failure = failure or exc
             if failure is not None:
                 self._show_error(failure)
+            self._chunks = None  # the stream holds the model: let it go with the run
             self._show_running(False)
 
     def _read(self, chunks: Iterator[str], prompt: str, chat: bool) -> None:

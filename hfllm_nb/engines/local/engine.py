@@ -142,10 +142,9 @@ class LocalEngine:
 
         Never waits for another model's run: the weights are dropped here, on the caller's thread
         (a job of this model still ending holds them only until its step is done). Idempotent,
-        and a close interrupted by Ctrl-C still lets go of the thread.
+        and a close interrupted by Ctrl-C still lets go of the thread. It may run on the model
+        thread itself (a dropped model collected there), so it waits for nothing.
         """
-        if self.model_thread.is_current():
-            raise GenerationError("close() cannot run inside a generation callback; call it after the run ends.")
         try:
             self.model_thread.withdraw(self)
             self._free()
@@ -156,11 +155,12 @@ class LocalEngine:
 
     def run(self, fn: Callable[[Any, Any], T], stop: StopSignal | None = None) -> T:
         """``fn(model, tokenizer)`` on the model thread, for views that run forward passes of their own."""
-        return self.model_thread.call(lambda: fn(self._view_model(), self.tokenizer), stop, owner=self)
+        job = lambda: self._out_of_memory_named(fn, self._view_model(), self.tokenizer)  # noqa: E731
+        return self.model_thread.call(job, stop, owner=self)
 
     def run_stream(self, fn: Callable[..., T], stop: StopSignal) -> Generator[Any, None, T]:
         """``fn(model, tokenizer, emit, stop)`` on the model thread; yields what it emits."""
-        job = lambda emit: fn(self._view_model(), self.tokenizer, emit, stop)  # noqa: E731
+        job = lambda emit: self._out_of_memory_named(fn, self._view_model(), self.tokenizer, emit, stop)  # noqa: E731
         return (yield from self.model_thread.stream(job, stop, owner=self))
 
     def explain_stream(
@@ -203,6 +203,20 @@ class LocalEngine:
         if model is None:
             raise GenerationError("This model was closed; load it again with HuggingFaceLLM(...).")
         return model
+
+    def _out_of_memory_named(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, its out-of-memory error turned into a GenerationError that says what to do."""
+        try:
+            return fn(*args)
+        except torch.OutOfMemoryError:
+            pass
+        # Raised outside the except block, so the frames holding the failed tensors are gone first.
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise GenerationError(
+            f"Out of memory on {self.device} in a look-inside view or llm.run(). Use a shorter prompt, "
+            "or load the model with quantization_config={'load_in_4bit': True}."
+        )
 
     def _view_model(self) -> Any:
         """The model, for a view's own forward passes: those may hook or alter it, so the kept prefix goes."""

@@ -1,4 +1,4 @@
-"""Issue 18's defects, each reproduced on the real default model: Stop, close, seeds, memory, end reasons."""
+"""Why a run ended and what it counts, on the real default model: Stop, close, seeds, beams, batches, criteria."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from _waits import run_with_deadline
 
 from hfllm_nb import GenerationError, HuggingFaceLLM, LLMPanel
-from hfllm_nb.engines import END_OF_TEXT, LENGTH, STOP_STRING
+from hfllm_nb.core.requests import CRITERION, END_OF_TEXT, LENGTH, STOP_STRING, STOPPED
 
 PROMPT = "Once upon a time,"
 
@@ -145,3 +145,42 @@ def test_a_batch_item_that_ends_its_text_early_keeps_its_own_count(llm):
     assert llm.last_stats.finish_reasons == (END_OF_TEXT, LENGTH)
     assert texts[0] == alone
     assert llm.last_stats.new_tokens == alone_stats.new_tokens + 60
+
+
+ANSWER = [{"role": "user", "content": "What is the capital of France? One word."}]
+
+
+def test_beam_search_that_ends_its_text_reports_end_of_text(llm):
+    # Break caught: beams fell back to length-or-stopped and an ended beam search read "stopped".
+    llm.chat(ANSWER, max_new_tokens=60, num_beams=2)
+    assert llm.last_stats.finish_reasons == (END_OF_TEXT,)
+    assert llm.last_stats.new_tokens < 60
+
+
+def test_a_beam_batch_item_that_ended_counts_its_own_tokens(llm):
+    # Break caught: the item that ended was reported "length" with its padding counted.
+    prompt = llm.format_chat(ANSWER)
+    alone = llm.generate(prompt, max_new_tokens=50, num_beams=2, return_full_text=False)
+    alone_tokens = llm.last_stats.new_tokens
+    batch = llm.generate([prompt, "Once upon a time,"], max_new_tokens=50, num_beams=2, return_full_text=False)
+    assert batch[0] == alone
+    assert llm.last_stats.finish_reasons[0] == END_OF_TEXT
+    assert llm.last_stats.new_tokens == alone_tokens + 50
+
+
+def test_a_run_ended_by_its_own_criterion_says_so_and_compare_runs_every_lane(llm):
+    # Break caught: a lane ended by its own stopping_criteria read as the user's Stop ("stopped"), and
+    # compare skipped the lanes after it.
+    import torch
+
+    def after_three(input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), input_ids.shape[1] >= 3 + after_three.width, dtype=torch.bool)
+
+    after_three.width = llm.count_tokens(PROMPT)
+    llm.generate(PROMPT, max_new_tokens=30, stopping_criteria=[after_three])
+    assert llm.last_stats.finish_reasons == (CRITERION,) and not llm.last_stats.stopped
+    lanes = {"cut": {"stopping_criteria": [after_three]}, "beam 2": {"num_beams": 2}, "greedy": {}}
+    comparison = llm.compare(PROMPT, lanes, max_new_tokens=8)
+    assert list(comparison.lanes) == ["cut", "beam 2", "greedy"]
+    assert not any("not run" in note for note in comparison.notes)
+    assert STOPPED not in llm.last_stats.finish_reasons
