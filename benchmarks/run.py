@@ -40,7 +40,6 @@ from benchmarks import (  # noqa: E402
     cache_sizes,
     decode_profile,
     generation,
-    gpu_figures,
     load_time,
     machine,
     overhead,
@@ -49,6 +48,7 @@ from benchmarks import (  # noqa: E402
     threads,
 )
 from benchmarks._timing import Report, Settings  # noqa: E402
+from benchmarks.gpu import figures as gpu_figures  # noqa: E402
 from hfllm_nb.engines.local.quant_imports import quiet_backend_imports  # noqa: E402
 
 logger = logging.getLogger("hfllm_nb.benchmarks")
@@ -67,7 +67,7 @@ SECTIONS = [
     overhead.overhead_section,
     decode_profile.profile_section,
     remote_engine.remote_section,
-    gpu_figures.gpu_section,  # no GPU here: the committed figures of benchmarks/gpu_check.py, or how to make them
+    gpu_figures.gpu_section,  # no GPU here: the committed figures of benchmarks/gpu/check.py, or how to make them
 ]
 
 

@@ -335,9 +335,12 @@ class HuggingFaceLLM(ModelViews):
         return request, budget
 
     def _generate(self, request: EngineRequest, budget: str) -> EngineResult:
-        result = self._pipeline.call(request.stop, lambda: self._engine.generate(request))
-        self._record(request, result, budget)
-        return result
+        def run() -> EngineResult:
+            result = self._engine.generate(request)
+            self._record(request, result, budget)  # while the turn is held: no later call's stats come first
+            return result
+
+        return self._pipeline.call(request.stop, run)
 
     def _stream(self, request: EngineRequest, budget: str) -> TextStream:
         def record(pieces: list[str], result: EngineResult | None, seconds: float, first: float | None) -> None:

@@ -27,10 +27,17 @@ def llm(default_model_dir):
 
 
 @pytest.fixture(scope="session")
+def llm32(default_model_dir):
+    """The default model in float32: separate forward passes agree to 1e-4 and near-ties cannot tip
+    differently from generate's (bfloat16 keeps ~3 digits). Loaded once for every module that needs it."""
+    return HuggingFaceLLM(dtype="float32")
+
+
+@pytest.fixture(scope="session")
 def tokenizer_dir(request):
     """SmolLM2's tokenizer: from $HFLLM_NB_TOKENIZER_DIR if set, else the default model's folder.
 
-    benchmarks/gpu_check.py sets it on machines without the default model, which carry only
+    benchmarks/gpu/check.py sets it on machines without the default model, which carry only
     the tokenizer files, so that the tiny-model tests still run there.
     """
     carried = os.environ.get("HFLLM_NB_TOKENIZER_DIR")

@@ -20,11 +20,6 @@ PROMPT = "The capital of France is"
 
 
 @pytest.fixture(scope="module")
-def llm32(default_model_dir):
-    return HuggingFaceLLM(dtype="float32")
-
-
-@pytest.fixture(scope="module")
 def implementation(llm32):
     """The model's attention implementation before any call here ("sdpa" on CPU, maybe another on a GPU)."""
     return llm32.model.config._attn_implementation

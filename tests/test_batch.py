@@ -76,11 +76,6 @@ def traced(llm: HuggingFaceLLM, prompts: list[str]) -> tuple[list[str], list[lis
 
 
 @pytest.fixture(scope="module")
-def llm32(default_model_dir):
-    return HuggingFaceLLM(dtype="float32")
-
-
-@pytest.fixture(scope="module")
 def llm16(llm):
     return llm if llm.dtype == torch.bfloat16 else HuggingFaceLLM(dtype="bfloat16")
 

@@ -23,11 +23,6 @@ LANES = {
 
 
 @pytest.fixture(scope="module")
-def llm32(default_model_dir):
-    return HuggingFaceLLM(dtype="float32")
-
-
-@pytest.fixture(scope="module")
 def comparison(llm32):
     return llm32.compare(PROMPT, LANES, max_new_tokens=NEW)
 

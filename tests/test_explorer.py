@@ -8,17 +8,10 @@ import time
 import pytest
 import torch
 
-from hfllm_nb import HuggingFaceLLM
 from hfllm_nb.widgets.explorer import NextTokenExplorer
 
 PROMPT = "The capital of France is"
 STEPS = 4
-
-
-@pytest.fixture(scope="module")
-def llm32(default_model_dir):
-    """float32: near-ties between candidates cannot tip differently from generate's."""
-    return HuggingFaceLLM(dtype="float32")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""The GPU check (benchmarks/gpu_check.py) in its CPU dry run, as on the GPU image: it must not rot.
+"""The GPU check (benchmarks/gpu/check.py) in its CPU dry run, as on the GPU image: it must not rot.
 
-The dry run hides the packages that image lacks (benchmarks/_hide_modules) and takes the tokenizer
+The dry run hides the packages that image lacks (benchmarks/gpu/hide_modules) and takes the tokenizer
 from $HFLLM_NB_TOKENIZER_DIR, as the carried copy there; bitsandbytes and ipywidgets stay, since
 the real run carries their wheels. Every section must run the same code as on a GPU and report numbers.
 """
@@ -22,8 +22,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import gpu_figures, gpu_sections, gpu_tests  # noqa: E402
-from benchmarks._gpu_common import TOKENIZER_ENV, Section  # noqa: E402
+from benchmarks.gpu import figures as gpu_figures  # noqa: E402
+from benchmarks.gpu import sections as gpu_sections  # noqa: E402
+from benchmarks.gpu import suite as gpu_tests  # noqa: E402
+from benchmarks.gpu.common import TOKENIZER_ENV, Section  # noqa: E402
 from hfllm_nb.core.memory import GPUMemory  # noqa: E402
 
 MiB = 2**20
@@ -46,10 +48,10 @@ SECTIONS = [
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory, tokenizer_dir):
     output = tmp_path_factory.mktemp("gpu-check") / "gpu_check.md"
-    path = [str(ROOT / "benchmarks" / "_hide_modules"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    path = [str(ROOT / "benchmarks" / "gpu" / "hide_modules"), str(ROOT), os.environ.get("PYTHONPATH", "")]
     env = dict(os.environ, HFLLM_NB_HIDE_MODULES=",".join(HIDDEN), PYTHONPATH=os.pathsep.join(filter(None, path)))
     env[TOKENIZER_ENV] = str(tokenizer_dir)
-    command = [sys.executable, "benchmarks/gpu_check.py", "--cpu-dry-run", "--output", str(output)]
+    command = [sys.executable, "benchmarks/gpu/check.py", "--cpu-dry-run", "--output", str(output)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     report = json.loads(output.with_suffix(".json").read_text()) if output.with_suffix(".json").is_file() else None
     return done, output, report
@@ -122,7 +124,7 @@ H200 = GPUMemory(index=0, name="H200", allocated=3000 * MiB, reserved=3200 * MiB
     ],
 )
 def test_gpu_memory_readouts_must_match_torch_and_nvidia_smi(monkeypatch, reading, smi_reserved, failure):
-    from benchmarks import gpu_sections
+    from benchmarks.gpu import sections as gpu_sections
 
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 3000 * MiB)
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 3200 * MiB)

@@ -20,12 +20,6 @@ NEW = 4  # " Paris", ".", "\n", "\n": a line break among them
 
 
 @pytest.fixture(scope="module")
-def llm32(default_model_dir):
-    """float32, so that separate forward passes agree to 1e-4 (the CPU default, bf16, keeps ~3 digits)."""
-    return HuggingFaceLLM(dtype="float32")
-
-
-@pytest.fixture(scope="module")
 def greedy(llm32):
     return llm32.explain(PROMPT, max_new_tokens=NEW, top_k=5)
 

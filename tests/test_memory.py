@@ -15,7 +15,8 @@ import psutil
 import pytest
 import torch
 
-from hfllm_nb import GenerationStats, MemoryMonitor, memory
+from hfllm_nb import GenerationStats, MemoryMonitor
+from hfllm_nb.core import memory
 from hfllm_nb.core.memory import PeakTracker, format_bytes, read_memory
 
 GiB, MiB = 2**30, 2**20

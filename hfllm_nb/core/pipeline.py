@@ -58,8 +58,8 @@ class Pipeline:
             started = time.perf_counter()
             first: float | None = None
             result: Any = None
-            try:
-                with self.turns.request(signal, self.check_open, handle):
+            with self.turns.request(signal, self.check_open, handle):
+                try:
                     pieces = open_pieces()
                     try:
                         while True:
@@ -71,8 +71,8 @@ class Pipeline:
                         result = end.value
                     finally:
                         pieces.close()
-            finally:
-                if record is not None and (result is not None or seen):
-                    record(seen, result, time.perf_counter() - started, first)
+                finally:  # still holding the turn: the next call's stats cannot come first
+                    if record is not None and (result is not None or seen):
+                        record(seen, result, time.perf_counter() - started, first)
 
         return TextStream(body, signal)

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from benchmarks._gpu_common import HBM_REFERENCE, Context, Section, Skip
 from benchmarks._timing import PROMPT, table
+from benchmarks.gpu.common import HBM_REFERENCE, Context, Section, Skip
 
 logger = logging.getLogger("hfllm_nb.benchmarks")
 
@@ -188,7 +188,7 @@ def bitsandbytes_section(ctx: Context, out: Section) -> None:
     if importlib.util.find_spec("bitsandbytes") is None:
         raise Skip(
             "bitsandbytes is not installed here: carry its wheel in .gpu/wheels "
-            "(`bash benchmarks/gpu_check.sh --pack`, 43 MB)."
+            "(`bash benchmarks/gpu/check.sh --pack`, 43 MB)."
         )
     eager = ctx.state.get("eager_figures")
     if eager is None:

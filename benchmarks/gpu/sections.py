@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from benchmarks._gpu_common import ROOT, Context, Section, Skip
 from benchmarks._timing import table
+from benchmarks.gpu.common import ROOT, Context, Section, Skip
 
 PROMPTS = ("The history of the printing press began in", "Hello", "def fibonacci(n):")
 # Packages the GPU image lacks; the core must not need any of them to import, load and generate.
@@ -112,7 +112,7 @@ def imports_section(ctx: Context, out: Section) -> None:
 
     command = [sys.executable, "-c", _IMPORT_PROBE, str(tiny_model(ctx)), str(ctx.device), ",".join(OPTIONAL)]
     env = child_env(HFLLM_NB_HIDE_MODULES=",".join(OPTIONAL))
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "benchmarks" / "_hide_modules"), env["PYTHONPATH"]])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "benchmarks" / "gpu" / "hide_modules"), env["PYTHONPATH"]])
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     if not out.check(done.returncode == 0, f"import/load/generate without them failed: {done.stderr[-1500:]}"):
         return

@@ -16,9 +16,9 @@ import sys
 import time
 from collections import Counter, defaultdict
 
-from benchmarks._gpu_common import ROOT, TOKENIZER_ENV, Context, Section
 from benchmarks._timing import table
-from benchmarks.gpu_sections import child_env
+from benchmarks.gpu.common import ROOT, TOKENIZER_ENV, Context, Section
+from benchmarks.gpu.sections import child_env
 
 OOM_TEST = "test_out_of_memory_becomes_a_friendly_error"
 
@@ -35,18 +35,19 @@ def _exclusion(text: str) -> str | None:
 
 def tests_section(ctx: Context, out: Section) -> None:
     """pytest on the suite with the GPU-check plugin; missing packages exclude tests, nothing else may fail."""
-    from benchmarks import _gpu_pytest
+    from benchmarks.gpu import pytest_plugin
 
     seconds = min(ctx.plan.test_seconds, ctx.left() - 15)
     results = ctx.work / "pytest.json"
-    command = [sys.executable, "-m", "pytest", *ctx.plan.tests, "-p", "benchmarks._gpu_pytest", "-m", "not browser"]
+    command = [sys.executable, "-m", "pytest", *ctx.plan.tests, "-p", "benchmarks.gpu.pytest_plugin"]
+    command += ["-m", "not browser"]
     command += ["-q", "-p", "no:cacheprovider", "--continue-on-collection-errors", f"--basetemp={ctx.work / 'pt'}"]
     command.append("--ignore=tests/test_gpu_check.py")  # that is this check's own dry run
     extra = {
         TOKENIZER_ENV: str(ctx.tokenizer_dir),
-        _gpu_pytest.RESULTS_ENV: str(results),
-        _gpu_pytest.FIRST_ENV: OOM_TEST,
-        _gpu_pytest.DEADLINE_ENV: str(time.time() + seconds),
+        pytest_plugin.RESULTS_ENV: str(results),
+        pytest_plugin.FIRST_ENV: OOM_TEST,
+        pytest_plugin.DEADLINE_ENV: str(time.time() + seconds),
         # Plugins the GPU image lacks (pytest-timeout, hypothesis's) must not change what runs here.
         "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
     }
@@ -68,7 +69,7 @@ def tests_section(ctx: Context, out: Section) -> None:
         reason = _exclusion(record["text"]) if record["outcome"] in ("failed", "error") else None
         if reason:
             excluded[reason].append(record["nodeid"])
-        elif record["outcome"] == "skipped" and _gpu_pytest.OUT_OF_TIME in record["text"]:
+        elif record["outcome"] == "skipped" and pytest_plugin.OUT_OF_TIME in record["text"]:
             counts["not run: out of time"] += 1
         else:
             counts[record["outcome"]] += 1
@@ -87,7 +88,7 @@ def tests_section(ctx: Context, out: Section) -> None:
     rows.append(["deselected: use the default model (`llm`, `default_model_dir` fixtures)", len(payload["deselected"])])
     out.body = (
         table(["outcome", "tests"], rows)
-        + f"\n\n`{shlex.join(['pytest', *ctx.plan.tests, '-m', 'not browser', '-p', 'benchmarks._gpu_pytest'])}` "
+        + f"\n\n`{shlex.join(['pytest', *ctx.plan.tests, '-m', 'not browser', '-p', 'benchmarks.gpu.pytest_plugin'])}` "
         f"on {ctx.device} ({'tiny models on the CPU' if ctx.plan.dry_run else 'tiny_llm and friends run on CUDA'}), "
         f"within {seconds:.0f} s. `{OOM_TEST}`: **{out.figures['oom_test']}**."
     )

@@ -1,6 +1,6 @@
 """pytest plugin for the GPU check: run what the machine can, record every outcome as JSON.
 
-Loaded with ``-p benchmarks._gpu_pytest`` by ``benchmarks/gpu_check.py``. Where the default
+Loaded with ``-p benchmarks.gpu.pytest_plugin`` by ``benchmarks/gpu/check.py``. Where the default
 model is not installed (the GPU image), tests that use it through the ``llm`` or
 ``default_model_dir`` fixtures are deselected; the tiny-model tests still run, on CUDA there,
 with the tokenizer from ``$HFLLM_NB_TOKENIZER_DIR`` (see tests/conftest.py). Once

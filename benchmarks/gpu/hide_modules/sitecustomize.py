@@ -3,10 +3,10 @@
 Put this folder first on ``PYTHONPATH``: Python imports ``sitecustomize`` at start-up, in this
 process and in every child that inherits the variables. ``import x`` then raises
 ModuleNotFoundError and ``importlib.util.find_spec("x")`` returns None, which is what
-transformers' and our own availability checks look at. ``benchmarks/gpu_check.py --cpu-dry-run``
+transformers' and our own availability checks look at. ``benchmarks/gpu/check.py --cpu-dry-run``
 uses it to mimic the GPU image, which lacks ipywidgets, gguf, openai, …
 
-    HFLLM_NB_HIDE_MODULES=ipywidgets,gguf PYTHONPATH=benchmarks/_hide_modules:. python …
+    HFLLM_NB_HIDE_MODULES=ipywidgets,gguf PYTHONPATH=benchmarks/gpu/hide_modules:. python …
 """
 
 from __future__ import annotations

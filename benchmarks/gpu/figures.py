@@ -1,6 +1,6 @@
 """The GPU section of docs/benchmarks.md: figures of the last GPU check, or how to make them.
 
-``benchmarks/run.py`` appends it when it regenerates the file; ``python benchmarks/gpu_figures.py``
+``benchmarks/run.py`` appends it when it regenerates the file; ``python benchmarks/gpu/figures.py``
 replaces just that section in place, after a GPU run's report was copied to ``RESULT``.
 """
 
@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULT = ROOT / "benchmarks" / "results" / "gpu_check.md"
 TITLE = "GPU"
 
@@ -20,7 +20,7 @@ def gpu_markdown(result: Path = RESULT) -> str:
     if result.is_file():
         report = result.read_text().strip()
         report = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 2) + " ", report, flags=re.MULTILINE)
-        return f"From `{result.relative_to(ROOT)}`, the last run of `bash benchmarks/gpu_check.sh`:\n\n{report}\n"
+        return f"From `{result.relative_to(ROOT)}`, the last run of `bash benchmarks/gpu/check.sh`:\n\n{report}\n"
     return (
         "No GPU figures exist yet: every figure above comes from the CPU. The GPU check is one command "
         "on a CUDA machine (≤ 8 minutes; it checks greedy text on CUDA against the CPU, the memory "
@@ -28,10 +28,10 @@ def gpu_markdown(result: Path = RESULT) -> str:
         "decoding of a SmolLM2-1.7B-shaped model eager, with `compile=True` and with bitsandbytes "
         "against the HBM bound):\n\n"
         "```\n"
-        "bash benchmarks/gpu_check.sh --pack   # here: the tokenizer, bitsandbytes and ipywidgets into .gpu/\n"
-        "bash benchmarks/gpu_check.sh          # there, with .gpu/: writes $OUT/gpu_check.md\n"
+        "bash benchmarks/gpu/check.sh --pack   # here: the tokenizer, bitsandbytes and ipywidgets into .gpu/\n"
+        "bash benchmarks/gpu/check.sh          # there, with .gpu/: writes $OUT/gpu_check.md\n"
         "```\n\n"
-        f"Copy its report to `{RESULT.relative_to(ROOT)}` and run `python benchmarks/gpu_figures.py` to put "
+        f"Copy its report to `{RESULT.relative_to(ROOT)}` and run `python benchmarks/gpu/figures.py` to put "
         "the figures here. `--cpu-dry-run` runs the same code on the CPU (tests/test_gpu_check.py).\n"
     )
 

@@ -13,7 +13,7 @@ nvidia-ml-py, psutil and pytest, but no network, no default model and no ipywidg
 openai, bitsandbytes or torchao. So the command brings (carries) the folder ``.gpu/``
 (git-ignored, ~48 MiB of the 64 MiB a run may carry), filled here, where there is network::
 
-    bash benchmarks/gpu_check.sh --pack   # .gpu/tokenizer: SmolLM2's tokenizer (3.4 MiB);
+    bash benchmarks/gpu/check.sh --pack   # .gpu/tokenizer: SmolLM2's tokenizer (3.4 MiB);
                                           # .gpu/wheels: bitsandbytes 0.50.2 (41 MiB, CUDA 13 kernels)
                                           #   and ipywidgets 8 with its pure-Python dependencies (4 MiB)
 
@@ -21,11 +21,11 @@ The tokenizer is the real default model's, carried rather than committed (3.4 Mi
 so the tiny-model tests run on the GPU exactly as here. Then on the GPU machine, from the
 repository root (the wrapper unpacks the wheels into a folder on PYTHONPATH)::
 
-    bash benchmarks/gpu_check.sh          # writes $OUT/gpu_check.md, .json and .log
+    bash benchmarks/gpu/check.sh          # writes $OUT/gpu_check.md, .json and .log
 
 Without ``.gpu/wheels`` the bitsandbytes section and the widget checks are skipped, with that reason.
 To update the published figures, copy that gpu_check.md to ``benchmarks/results/gpu_check.md``
-and run ``python benchmarks/gpu_figures.py`` (it rewrites the GPU section of docs/benchmarks.md).
+and run ``python benchmarks/gpu/figures.py`` (it rewrites the GPU section of docs/benchmarks.md).
 
 ``--cpu-dry-run`` runs the same code paths on the CPU with tiny sizes in about a minute;
 tests/test_gpu_check.py runs it with the GPU image's missing packages hidden, so it cannot rot.
@@ -45,11 +45,11 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._gpu_common import CARRY, TOKENIZER_ENV, Context, Plan, Section, Skip  # noqa: E402
+from benchmarks.gpu.common import CARRY, TOKENIZER_ENV, Context, Plan, Section, Skip  # noqa: E402
 
 logger = logging.getLogger("hfllm_nb.benchmarks")
 
@@ -82,7 +82,7 @@ def find_tokenizer(given: Path | None) -> Path:
     if folder is None:
         raise SystemExit(
             "No tokenizer: the default model is not installed and no tokenizer was carried. "
-            "Run `bash benchmarks/gpu_check.sh --pack` where it is installed, and carry .gpu/."
+            "Run `bash benchmarks/gpu/check.sh --pack` where it is installed, and carry .gpu/."
         )
     return folder
 
@@ -113,7 +113,7 @@ def run_sections(ctx: Context, steps: list[tuple[str, Callable[[Context, Section
 
     header = (
         f"# GPU check{' (CPU dry run: code paths only, not GPU figures)' if ctx.plan.dry_run else ''}\n\n"
-        f"`{' '.join(['python benchmarks/gpu_check.py', *sys.argv[1:]])}` on {time.strftime('%Y-%m-%d %H:%M')}, "
+        f"`{' '.join(['python benchmarks/gpu/check.py', *sys.argv[1:]])}` on {time.strftime('%Y-%m-%d %H:%M')}, "
         f"device {ctx.device}, budget {ctx.plan.budget_s:.0f} s."
     )
     sections: list[Section] = []
@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     import torch
 
-    from benchmarks import gpu_sections, gpu_speed, gpu_tests
+    from benchmarks.gpu import sections as gpu_sections
+    from benchmarks.gpu import speed as gpu_speed
+    from benchmarks.gpu import suite as gpu_tests
 
     if not args.cpu_dry_run and not torch.cuda.is_available():
         parser.error("no CUDA device here: run on a GPU machine, or pass --cpu-dry-run")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 logger = logging.getLogger("hfllm_nb.benchmarks")
 CARRY = ROOT / ".gpu"
 TOKENIZER_ENV = "HFLLM_NB_TOKENIZER_DIR"  # also read by tests/conftest.py
