@@ -116,7 +116,7 @@ def _profile_compiled_generate_here(model, tokenizer, llm, tokens: int):
     from torch.profiler import ProfilerActivity, profile
 
     inputs = tokenizer(PROMPT, return_tensors="pt")
-    options = llm._engine.decode_options(1, inputs["input_ids"].shape[1], tokens)
+    options = llm.decode_options(1, inputs["input_ids"].shape[1], tokens)
     with profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode():
         started = time.perf_counter()
         model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, **options)

@@ -40,11 +40,9 @@ class Config:
     @property
     def label(self) -> str:
         """What the weights are: a dtype, or the quantization plan's label."""
-        engine = getattr(self.llm, "_engine", None)
-        plan = getattr(engine, "quantization", None)
-        if plan is not None:
-            return plan.label
-        return str(self.llm.dtype).replace("torch.", "") if self.llm is not None else "not loaded"
+        if self.llm is None:
+            return "not loaded"
+        return self.llm.quantization_label or str(self.llm.dtype).replace("torch.", "")
 
 
 _LOADED: dict[str, Config] = {}
@@ -63,9 +61,7 @@ def load(report: Report, config: Config) -> Config | None:
         report.check(False, f"{config.name} failed to load: {type(exc).__name__}: {exc}")
         traceback.print_exc()
         return None
-    engine = getattr(config.llm, "_engine", None)
-    fast = getattr(engine, "_fast", None)
-    config.compile_seconds = fast.compile_seconds if fast is not None else None
+    config.compile_seconds = config.llm.compile_seconds
     config.load_seconds = seconds - (config.compile_seconds or 0.0)
     config.footprint = footprint_bytes(config.llm.model)
     _LOADED[config.name] = config

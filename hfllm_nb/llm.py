@@ -119,6 +119,8 @@ class HuggingFaceLLM(ModelViews):
         self.device: torch.device | None = engine.device if in_process else None
         self.dtype: torch.dtype | None = engine.dtype if in_process else None
         self.quantized = in_process and engine.quantization is not None
+        # What the weights are stored as: a quantization's label ("8-bit LLM.int8 ..."), else None.
+        self.quantization_label: str | None = engine.quantization.label if self.quantized else None
         logger.info("Ready: %s (%s) in %.1f s.", self.model_id, engine.description, self.load_seconds)
 
     def __repr__(self) -> str:

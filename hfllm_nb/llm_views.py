@@ -51,6 +51,20 @@ class ModelViews:
         """True when the weights live in this process (the look-inside views need them)."""
         return isinstance(self._engine, InProcess)
 
+    @property
+    def compile_seconds(self) -> float | None:
+        """How long ``compile=True`` took to compile the decode step at load (None without it, or remote)."""
+        engine = self._engine
+        fast = engine.fast_decode if isinstance(engine, InProcess) else None
+        return fast.compile_seconds if fast is not None else None
+
+    def decode_options(self, batch: int, prompt_width: int, new_tokens: int) -> dict[str, Any]:
+        """The generate settings this model adds itself (``compile=True``: static cache, compiled step).
+
+        For your own ``model.generate`` inside ``llm.run``, to run what ``generate`` runs.
+        """
+        return self._in_process().decode_options(batch, prompt_width, new_tokens)
+
     def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(model, tokenizer, *args, **kwargs)`` on the model's own thread and return its result.
 

@@ -66,6 +66,7 @@ class InProcess(Protocol):
     device: Any  # torch.device
     dtype: Any  # torch.dtype
     quantization: Any  # the quantization plan, or None
+    fast_decode: Any  # compile=True's static-cache decoding, or None
 
     def run(self, fn: Callable[[Any, Any], Any], stop: StopSignal | None = None) -> Any:
         """``fn(model, tokenizer)`` on the model's own thread; its result."""
