@@ -12,8 +12,9 @@ import zlib
 import pytest
 import torch
 
-from hfllm_nb import Attention, GenerationError, HuggingFaceLLM, attention_view
+from hfllm_nb import Attention, GenerationError, HuggingFaceLLM
 from hfllm_nb.inside import attention as attention_module
+from hfllm_nb.inside import attention_html as attention_view
 from hfllm_nb.widgets.attention import AttentionView
 
 PROMPT = "The capital of France is"
