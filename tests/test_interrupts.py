@@ -232,3 +232,27 @@ def test_two_quick_ctrl_cs_on_the_command_exit_130(default_model_dir):
     finally:
         process.kill()
         process.wait()
+
+
+def test_ctrl_c_right_after_the_turn_is_taken_gives_it_back(monkeypatch):
+    # Break caught: the turn's lock was acquired before the try that releases it, so a
+    # KeyboardInterrupt landing between the two (here: in recording the holder) left it held for good.
+    import itertools
+
+    from hfllm_nb.core import turns as turns_module
+
+    turns = turns_module.Turns()
+    calls = itertools.count()
+    real = threading.current_thread
+
+    def interrupted_once():
+        if next(calls) == 1:  # the call that records the holder, after the turn is taken
+            raise KeyboardInterrupt
+        return real()
+
+    monkeypatch.setattr(turns_module.threading, "current_thread", interrupted_once)
+    with pytest.raises(KeyboardInterrupt), turns.turn():
+        pass
+    monkeypatch.undo()
+    assert not turns.busy
+    run_with_deadline(lambda: turns.turn().__enter__(), 5)  # the next call gets it
