@@ -3,8 +3,8 @@
 The in-process views compute every number from the model's logits; a server hands back only each
 token's log-probability and its top alternatives (``engines/_openai_logprobs``). The results are
 the same ``Explanation`` / ``ExplainedToken`` objects, marked ``from_server``: entropy is a lower
-bound, and prompt tokens have no probability (``None``) unless the server's echoed prompt
-log-probabilities were verified right (none so far: llama-cpp-python's are shifted by one).
+bound, and prompt tokens have no probability (``None``) unless the server's prompt
+log-probabilities were verified right (vLLM's are; llama-cpp-python's are shifted by one).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def explain(
     sampling_top_k: int | None = None,
     **generate_kwargs: Any,
 ) -> Explanation:
-    """``llm.explain`` on a server: the prompt's tokens (no probabilities) and each new token explained.
+    """``llm.explain`` on a server: the prompt's tokens (with probabilities where the server's are right) and
+    each new token explained.
 
     ``top_k`` is how many alternatives each token keeps; ``sampling_top_k`` is sampling's top-k.
     """
@@ -49,7 +50,7 @@ def explain(
     generated = list(_run(llm, request, top_k, None, label, outcome))
     prompt_ids = request.token_ids[0]
     tokenizer = llm.tokenizer
-    prompt_tokens = [
+    prompt_tokens = llm._engine.explain_prompt(prompt_ids, top_k) or [
         ExplainedToken(token_text(tokenizer, i)[0], i, True, None, None, partial_bytes=token_text(tokenizer, i)[1],
                        from_server=True)
         for i in prompt_ids
