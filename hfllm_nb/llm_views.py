@@ -43,6 +43,10 @@ class InProcessViews:
         Continues like ``generate`` (greedy unless ``do_sample=True``); ``sampling_top_k`` is
         sampling's top-k (``top_k`` here counts the alternatives shown).
         """
+        from .engines.remote import explain as remote_explain
+
+        if remote_explain.is_remote(self):  # from the server's numbers: no torch here (inside.explain imports it)
+            return remote_explain.explain(self, prompt, max_new_tokens, top_k, sampling_top_k, **kw)
         from .inside.explain import explain
 
         decode = getattr(self._engine, "decode_options", None)  # compile=True: explain the compiled graph

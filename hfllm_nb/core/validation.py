@@ -136,3 +136,12 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
     if conversation[-1]["role"] != "user":
         raise ValueError("The last message must come from the 'user' role: the model answers it.")
     return conversation
+
+
+def check_top_k(top_k: Any, vocab_size: int, name: str = "top_k") -> int:
+    """How many alternatives to keep: an int from 1 to the vocabulary size."""
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
+        raise TypeError(f"{name} must be an int (how many likely tokens to show), not {type(top_k).__name__}.")
+    if not 1 <= top_k <= vocab_size:
+        raise ValueError(f"{name} must be between 1 and the vocabulary size {vocab_size}, got {top_k}.")
+    return int(top_k)

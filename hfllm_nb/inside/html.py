@@ -14,9 +14,11 @@ import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # annotations only: a remote engine builds these results without torch
+    import torch
+
 
 # ColorBrewer RdYlBu end and middle: orange (unlikely), pale yellow, blue (likely). Readable
 # with dark text, and distinguishable with the common colour-vision deficiencies.

@@ -176,8 +176,12 @@ class LLMPanel(BackgroundRun, widgets.VBox):
             kwargs = self.settings()
             # Validation happens here, in the caller's thread, before any thread starts.
             if self.probabilities.value:
-                from ..inside.explain import explain_stream
+                from ..engines.remote import explain as remote_explain
 
+                if remote_explain.is_remote(self.llm):  # no torch on this path (inside.explain imports it)
+                    explain_stream = remote_explain.explain_stream
+                else:
+                    from ..inside.explain import explain_stream
                 text = self.llm.format_chat(prompt) if chat else prompt
                 chunks = explain_stream(
                     self.llm, text, add_special_tokens=not chat, stop_event=self._stop_requested, **kwargs

@@ -5,10 +5,11 @@ Plain tensor functions shared by ``lookinside`` (explain, logit lens) and ``expl
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import torch
+
+from ...core.validation import check_top_k  # noqa: F401  (lives in core: the remote path has no torch)
 
 
 def summarize(log_probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -41,12 +42,3 @@ def sampling_warpers(temperature: float, top_k: int | None, top_p: float, min_p:
     warpers += [TopKLogitsWarper(top_k)] if top_k else []
     warpers += [TopPLogitsWarper(top_p)] if top_p < 1.0 else []
     return warpers + ([MinPLogitsWarper(min_p)] if min_p is not None else [])
-
-
-def check_top_k(top_k: Any, vocab_size: int, name: str = "top_k") -> int:
-    """How many alternatives to keep: an int from 1 to the vocabulary size."""
-    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
-        raise TypeError(f"{name} must be an int (how many likely tokens to show), not {type(top_k).__name__}.")
-    if not 1 <= top_k <= vocab_size:
-        raise ValueError(f"{name} must be between 1 and the vocabulary size {vocab_size}, got {top_k}.")
-    return int(top_k)

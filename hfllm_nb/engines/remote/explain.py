@@ -19,7 +19,6 @@ from ...core import validation
 from ...core.requests import STOPPED, Completion, EngineRequest, EngineResult
 from ...core.stats import GenerationStats
 from ...inside.html import ExplainedToken, Explanation, token_text
-from ..local.distributions import check_top_k
 
 if TYPE_CHECKING:
     from ...llm import HuggingFaceLLM
@@ -88,7 +87,7 @@ def _request(llm, prompt, max_length, max_new_tokens, top_k, add_special_tokens,
         validation.check_prompt(prompt)
         raise TypeError("Pass one prompt string; the look-inside views take one prompt at a time.")
     llm._check_open()
-    check_top_k(top_k, len(llm.tokenizer), name)
+    validation.check_top_k(top_k, len(llm.tokenizer), name)
     options = _options.check_options(options, streaming=True)
     llm._engine.check_options(options)
     prompts, encoded, budgets, label = _budgets.plan(
