@@ -219,3 +219,11 @@ class VllmProcess(ServeProcess):
         if not values:
             raise KeyError(f"{name} is not on {self.url.removesuffix('/v1')}/metrics")
         return sum(values)
+
+
+def running_vllm(url: str) -> VllmProcess:
+    """A VllmProcess for a vLLM server started elsewhere (``HFLLM_NB_VLLM_URL``): it cannot be killed or restarted."""
+    parts = url.rstrip("/").removesuffix("/v1").rsplit(":", 1)
+    server = VllmProcess(".", port=int(parts[1]))
+    server.start = server.kill = lambda *args, **kwargs: pytest.skip("HFLLM_NB_VLLM_URL: not our process")  # type: ignore[method-assign]
+    return server

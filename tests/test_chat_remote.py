@@ -1,4 +1,4 @@
-"""ChatPanel against a real ``transformers serve``: the same panel, only ``endpoint=`` differs."""
+"""ChatPanel against a real ``transformers serve`` and vLLM: the same panel, only ``endpoint=`` differs."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ from hfllm_nb import ChatPanel, HuggingFaceLLM
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def remote(default_model_dir):
+@pytest.fixture(scope="module", params=["transformers serve", "vllm"])
+def remote(request, default_model_dir):
     from _server import ServeProcess
 
+    if request.param == "vllm":  # the session's vLLM server (tests/conftest.py)
+        with HuggingFaceLLM(endpoint=request.getfixturevalue("vllm_server").url, timeout=60) as llm:
+            yield llm
+        return
     server = ServeProcess(default_model_dir).start()
     try:
         with HuggingFaceLLM(endpoint=server.url, timeout=60) as llm:

@@ -148,12 +148,13 @@ class RemoteEngine:
         return EngineResult([self._completion(request, reply)], time.perf_counter() - reply.started, first)
 
     def explain_stream(
-        self, request: EngineRequest, alternatives: int, stop_event: Any = None
+        self, request: EngineRequest, alternatives: int, stop_event: Any = None, name: str = "alternatives"
     ) -> Generator[Any, None, EngineResult]:
         """Yield each new token as an ``ExplainedToken`` from the server's log-probabilities (completions).
 
         A server that ignores ``logprobs`` (``transformers serve``) raises GenerationError naming
         the servers that return them. ``stop_event`` (anything with ``is_set()``) stops it like Stop.
+        ``name``: the caller's name for ``alternatives``, for messages (explain calls it top_k).
         """
         if len(request.prompts) != 1 or request.messages is not None:
             raise TypeError("explain takes one prompt string (format a chat with llm.format_chat first).")
@@ -166,7 +167,7 @@ class RemoteEngine:
             self._vocabulary = _openai_logprobs.VocabularyText(self.tokenizer)
         reply = Reply(time.perf_counter())
         stop = Either(request.stop, stop_event)
-        yield from self._pieces(request, 0, reply, logprobs=alternatives, stop=stop)
+        yield from self._pieces(request, 0, reply, logprobs=alternatives, stop=stop, logprobs_name=name)
         first = reply.first_at - reply.started if reply.first_at is not None else None
         return EngineResult([self._completion(request, reply)], time.perf_counter() - reply.started, first)
 
@@ -243,7 +244,13 @@ class RemoteEngine:
         return next(e for e in entries if e.get("id") == chosen)
 
     def _pieces(
-        self, request: EngineRequest, index: int, reply: Reply, logprobs: int | None = None, stop: Any = None
+        self,
+        request: EngineRequest,
+        index: int,
+        reply: Reply,
+        logprobs: int | None = None,
+        stop: Any = None,
+        logprobs_name: str = "alternatives",
     ) -> Generator[Any, None, None]:
         """Stream one prompt's reply into ``reply``, yielding text (with ``logprobs``: explained tokens).
 
@@ -274,7 +281,7 @@ class RemoteEngine:
             kwargs["prompt"] = request.prompts[index]
         if logprobs is not None:
             kwargs["logprobs"] = logprobs
-            sent["logprobs"] = "top_k" if stop is request.stop else "alternatives"
+            sent["logprobs"] = logprobs_name
         reader = StreamReader(self._client.chat.completions if chat else self._client.completions, kwargs)
         bound = Budget(self.tokenizer, request.budgets[index])
         try:

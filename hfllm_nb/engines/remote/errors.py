@@ -141,13 +141,6 @@ def request_failure(
             "is running; this object works again once it is back."
         )
     message = server_message(exc, secret)
-    status = getattr(exc, "status_code", None)
-    if status is None:  # an error event inside a stream
-        return GenerationError(f"The server at {url} failed while generating: {message}")
-    if status in (401, 403):
-        return GenerationError(f"The server at {url} refused the API key (HTTP {status}): {message}")
-    if status in (408, 429) or status >= 500:
-        return GenerationError(f"The server at {url} failed (HTTP {status}: {message}). Try again, or check its log.")
     limit = _LOGPROB_LIMIT.search(message)
     if limit:
         asked, most = limit.groups()
@@ -156,6 +149,13 @@ def request_failure(
             f"The server at {url} returns at most {most} alternatives per token, and {name}={asked} asks for more. "
             f"Pass {name}={most} or less, or start the server with a higher limit (vLLM: --max-logprobs {asked})."
         )
+    status = getattr(exc, "status_code", None)
+    if status is None:  # an error event inside a stream
+        return GenerationError(f"The server at {url} failed while generating: {message}")
+    if status in (401, 403):
+        return GenerationError(f"The server at {url} refused the API key (HTTP {status}): {message}")
+    if status in (408, 429) or status >= 500:
+        return GenerationError(f"The server at {url} failed (HTTP {status}: {message}). Try again, or check its log.")
     named = sorted({ours for wire, ours in sent.items() if wire in message})
     if named:
         return RequestRejected(

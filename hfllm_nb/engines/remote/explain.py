@@ -46,7 +46,7 @@ def explain(
         generate_kwargs["top_k"] = sampling_top_k
     request, label = _request(llm, prompt, None, max_new_tokens, top_k, True, generate_kwargs)
     outcome: list[EngineResult] = []
-    generated = list(_run(llm, request, top_k, None, label, outcome))
+    generated = list(_run(llm, request, top_k, None, label, outcome, "top_k"))
     prompt_ids = request.token_ids[0]
     tokenizer = llm.tokenizer
     prompt_tokens = llm._engine.explain_prompt(prompt_ids, top_k) or [
@@ -78,7 +78,7 @@ def explain_stream(
     request, label = _request(
         llm, prompt, max_length, max_new_tokens, alternatives, add_special_tokens, generate_kwargs, "alternatives"
     )
-    return _run(llm, request, alternatives, stop_event, label, [])
+    return _run(llm, request, alternatives, stop_event, label, [], "alternatives")
 
 
 def _request(llm, prompt, max_length, max_new_tokens, top_k, add_special_tokens, options, name="top_k"):
@@ -103,7 +103,13 @@ def _request(llm, prompt, max_length, max_new_tokens, top_k, add_special_tokens,
 
 
 def _run(
-    llm: HuggingFaceLLM, request: EngineRequest, top_k: int, stop_event: Any, label: str, outcome: list
+    llm: HuggingFaceLLM,
+    request: EngineRequest,
+    top_k: int,
+    stop_event: Any,
+    label: str,
+    outcome: list,
+    name: str = "alternatives",
 ) -> Generator[ExplainedToken, None, None]:
     """Take the model's turn, stream the explained tokens, and record ``llm.last_stats`` however it ends."""
     seen: list[ExplainedToken] = []
@@ -111,7 +117,7 @@ def _run(
     result: EngineResult | None = None
     try:
         with llm._turns.request(request.stop, llm._check_open):
-            pieces = llm._engine.explain_stream(request, top_k, stop_event)
+            pieces = llm._engine.explain_stream(request, top_k, stop_event, name)
             try:
                 while True:
                     token = next(pieces)
