@@ -1,4 +1,4 @@
-"""ChatPanel against a real ``transformers serve`` and vLLM: the same panel, only ``endpoint=`` differs."""
+"""ChatPanel against a real ``transformers serve``: the same panel, only ``endpoint=`` differs."""
 
 from __future__ import annotations
 
@@ -11,14 +11,10 @@ from hfllm_nb import ChatPanel, HuggingFaceLLM
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", params=["transformers serve", "vllm"])
-def remote(request, default_model_dir):
+@pytest.fixture(scope="module")
+def remote(default_model_dir):
     from _server import ServeProcess
 
-    if request.param == "vllm":  # the session's vLLM server (tests/conftest.py)
-        with HuggingFaceLLM(endpoint=request.getfixturevalue("vllm_server").url, timeout=60) as llm:
-            yield llm
-        return
     server = ServeProcess(default_model_dir).start()
     try:
         with HuggingFaceLLM(endpoint=server.url, timeout=60) as llm:
@@ -28,6 +24,11 @@ def remote(request, default_model_dir):
 
 
 def test_chat_panel_on_a_server_replies_as_its_chat_and_stops(remote):
+    check_chat_panel(remote)
+
+
+def check_chat_panel(remote) -> None:
+    """Two questions answered as chat() answers them, then a long reply stopped (also run on vLLM: test_vllm.py)."""
     panel = remote.chat_panel("Answer briefly.", max_length=16)
     try:
         assert isinstance(panel, ChatPanel) and remote.engine_description in panel.memory.text

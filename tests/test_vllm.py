@@ -15,11 +15,14 @@ import time
 import urllib.request
 
 import pytest
+from test_chat_remote import check_chat_panel
 
 from hfllm_nb import HuggingFaceLLM
 from hfllm_nb.engines import LENGTH, STOPPED
 from hfllm_nb.engines.remote.explain import explain_stream
 from hfllm_nb.engines.remote.wire import detect_dialect
+
+pytestmark = pytest.mark.slow
 
 PROMPTS = ["Once upon a time,", "The capital of France is", "def fibonacci(n):", "The best way to learn is"]
 NEW_TOKENS = 48
@@ -120,3 +123,9 @@ def test_a_classroom_of_four_clients_each_stop_ends_only_its_own(vllm_server, lo
         text, reasons, ttft = results[index]
         assert (text, reasons) == (expected[index], (LENGTH,)), index
         assert ttft is not None and ttft > 0
+
+
+def test_the_chat_panel_on_vllm_replies_as_its_chat_and_stops(remote):
+    # Here, not as a param of test_chat_remote.py: that module runs first, and the session's vLLM
+    # server would then stay up (4 GiB) through every module in between.
+    check_chat_panel(remote)
