@@ -200,7 +200,7 @@ class RemoteEngine:
 
     # ----------------------------------------------------------------- internals
 
-    def server_tokenizer(self, failure: ModelLoadError, key: str | None) -> Any:
+    def _server_tokenizer(self, failure: ModelLoadError, key: str | None) -> Any:
         """The server's tokenizer over HTTP (llama.cpp, vLLM), or ``failure`` raised when it has none."""
         found = server_tokenizer.connect(self._http, self.endpoint, self.served_model, self._dialect, key)
         if found is None:
@@ -283,7 +283,8 @@ class RemoteEngine:
             kwargs["logprobs"] = logprobs
             sent["logprobs"] = logprobs_name
         reader = StreamReader(self._client.chat.completions if chat else self._client.completions, kwargs)
-        bound = Budget(self.tokenizer, request.budgets[index])
+        remote_tokenizer = isinstance(self.tokenizer, server_tokenizer.ServerTokenizer)
+        bound = Budget(self.tokenizer, request.budgets[index], count_here=not remote_tokenizer)
         try:
             for chunk in reader.chunks(stop, reply):
                 text = bound.take(take_chunk(chunk, reply, chat), reply)

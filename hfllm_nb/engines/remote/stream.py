@@ -278,9 +278,12 @@ class Budget:
     it past the budget.
     """
 
-    def __init__(self, tokenizer: Any, budget: int) -> None:
+    def __init__(self, tokenizer: Any, budget: int, count_here: bool = True) -> None:
         self.tokenizer = tokenizer
         self.budget = budget
+        # False for the server's own tokenizer (ServerTokenizer): a tokenize request in the middle of a
+        # stream would interrupt it on llama-cpp-python's server. Only the chunk count bounds it then.
+        self.count_here = count_here
         self.slack = 2 + budget // 16
         self.chunks = 0
         self.counted = 0  # tokens in the text at the last count
@@ -292,6 +295,11 @@ class Budget:
         if not text:
             return text
         self.chunks += 1
+        if not self.count_here:
+            if self.chunks <= self.budget:
+                return text
+            self._cut(reply, self.budget)
+            return ""
         self.since += len(text.encode("utf-8", "surrogatepass"))
         if self.counted + self.since <= self.budget:
             return text
