@@ -4,9 +4,10 @@
 #   bash .ci/dev.sh test   set up, then run the whole suite (lint, pytest + nbmake, benchmark and binder checks)
 #   bash .ci/dev.sh setup  only set up
 # Setup makes ./.venv with CPU torch (CUDA torch where nvidia-smi sees a GPU), the package, the
-# default model cache, and llama-cpp-python's server (its wheel built once per machine, about 6 to 20
-# minutes on 2 cores, kept in ${HFLLM_NB_WHEELS:-~/.cache/hfllm-nb/wheels}). It is idempotent: a
-# second run only checks and takes seconds.
+# default model cache, llama-cpp-python's server (its wheel built once per machine, about 6 to 20
+# minutes on 2 cores, kept in ${HFLLM_NB_WHEELS:-~/.cache/hfllm-nb/wheels}), vLLM's CPU server in its
+# own venv (.ci/vllm.sh, once per machine) and a venv without torch (.ci/remote-only.sh). It is
+# idempotent: a second run only checks and takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -46,6 +47,11 @@ setup() {
   # llama.cpp's server for the remote-engine tests: compiled once per machine into a wheel cache
   # outside the repository (HFLLM_NB_WHEELS), then only installed from it; seconds when present.
   bash .ci/llama-cpp.sh "$PY"
+  # vLLM's CPU server for tests/test_vllm.py, in a venv of its own (it pins another transformers):
+  # built once per machine (about 5 minutes, 2.5 GB) into ~/.cache/hfllm-nb/vllm-venv, then skipped.
+  PYTHON="$PYTHON" bash .ci/vllm.sh
+  # The remote path without torch, for tests/test_remote_only.py (about 1 minute; then skipped).
+  PYTHON="$PYTHON" bash .ci/remote-only.sh
   "$VENV/bin/hfllm-nb" prepare
 }
 

@@ -14,6 +14,8 @@ remote against in-process:
     python benchmarks/remote_engine.py            # ~4 min on 2 idle cores
     python benchmarks/remote_engine.py --quick    # every code path, ~1 min
 
+``--vllm-only``: the same three ways against vLLM's CPU server (float32; HFLLM_NB_VLLM_URL: a running one).
+
 A second table serves the default model's GGUF with llama.cpp (llama-cpp-python's server):
 the server's own rate (one non-streamed request), our client streaming from it, and a bare
 ``openai`` stream with the same neutral sampler fields (``repeat_penalty`` 1, ``min_p`` 0).
@@ -25,6 +27,7 @@ Exits non-zero when the three texts differ.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -35,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the transformers serve launcher the tests use
 
-from _server import LlamaCppProcess, ServeProcess  # noqa: E402
+from _server import LlamaCppProcess, ServeProcess, VllmProcess  # noqa: E402
 
 from hfllm_nb import HuggingFaceLLM  # noqa: E402
 from hfllm_nb.default_model import find_default_gguf, prepare_default_model  # noqa: E402
@@ -186,34 +189,52 @@ _LLAMA_NEUTRAL = {"repeat_penalty": 1.0, "min_p": 0.0}  # what our client sends 
 
 def measure_llama_served(quick: bool) -> dict[str, Any]:
     """llama.cpp's server on the GGUF: its own rate, our client streaming from it, a bare openai stream."""
+    server = LlamaCppProcess(find_default_gguf()).start()
+    try:
+        return measure_served(
+            server.url, "llama.cpp server (llama-cpp-python, the GGUF as shipped) and our client", _LLAMA_NEUTRAL, quick
+        )
+    finally:
+        server.stop()
+
+
+def measure_vllm_served(quick: bool) -> dict[str, Any]:
+    """vLLM's CPU server (float32): the same three ways; HFLLM_NB_VLLM_URL uses a running one."""
+    external = os.environ.get("HFLLM_NB_VLLM_URL")
+    server = None if external else VllmProcess(prepare_default_model()).start()
+    try:
+        return measure_served(external or server.url, "vLLM server (CPU build, float32) and our client", None, quick)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def measure_served(url: str, title: str, extra: dict | None, quick: bool) -> dict[str, Any]:
+    """One server: its own rate (one non-streamed request), our client streaming, a bare openai stream."""
     import openai
 
     tokens, reps = (16, 3) if quick else (64, 6)
-    server = LlamaCppProcess(find_default_gguf()).start()
+    remote = HuggingFaceLLM(endpoint=url)
+    bare = openai.OpenAI(base_url=url, api_key="EMPTY", max_retries=0, timeout=120)
+    served = remote.engine_description.rsplit(" · ", 1)[-1]
+    ours, plain, whole = "our client (stream)", "bare openai (stream)", "server (one non-streamed request)"
+
+    def server_call():
+        reply = bare.completions.create(model=served, prompt=PROMPT, max_tokens=tokens, temperature=0, extra_body=extra)
+        yield reply.choices[0].text
+
     try:
-        remote = HuggingFaceLLM(endpoint=server.url)
-        bare = openai.OpenAI(base_url=server.url, api_key="EMPTY", max_retries=0, timeout=120)
-        served = remote.engine_description.rsplit(" · ", 1)[-1]
-        ours, plain, whole = "our client (stream)", "bare openai (stream)", "server (one non-streamed request)"
-
-        def server_call():
-            reply = bare.completions.create(
-                model=served, prompt=PROMPT, max_tokens=tokens, temperature=0, extra_body=_LLAMA_NEUTRAL
-            )
-            yield reply.choices[0].text
-
         runs, texts = _interleave(
             {
                 whole: server_call,
                 ours: lambda: remote.stream(PROMPT, max_new_tokens=tokens),
-                plain: lambda: _bare_openai(bare, served, tokens, _LLAMA_NEUTRAL),
+                plain: lambda: _bare_openai(bare, served, tokens, extra),
             },
             reps,
         )
+    finally:
         bare.close()
         remote.close()
-    finally:
-        server.stop()
     rows = [
         {"engine": name, "seconds": min(t for _, t in samples), "ttft_s": min(f for f, _ in samples)}
         for name, samples in runs.items()
@@ -236,10 +257,10 @@ def measure_llama_served(quick: bool) -> dict[str, Any]:
         },
     }
     lines = [
-        "## llama.cpp server (llama-cpp-python, the GGUF as shipped) and our client",
+        f"## {title}",
         "",
-        f"{tokens} greedy tokens on {PROMPT!r}; best of {reps} interleaved rounds; the server, its "
-        "2 threads and this client share the machine's CPU.",
+        f"{tokens} greedy tokens on {PROMPT!r}; best of {reps} interleaved rounds; the server and this "
+        "client share the machine's CPU.",
         "",
         "| way | tokens/s | time to first token (s) | seconds |",
         "|---|---|---|---|",
@@ -265,15 +286,26 @@ def remote_section(report: Any, settings: Any) -> None:
     report.check(served["checks"]["same_text"], "llama.cpp: server, our client and bare openai texts differ")
     title, _, body = served["markdown"].partition("\n")
     report.add(title.removeprefix("## "), body)
+    from _server import VLLM_VENV
+
+    if (VLLM_VENV / ".hfllm-nb-vllm").is_file():  # built by .ci/vllm.sh (dev.sh setup)
+        served = measure_vllm_served(quick=False)
+        report.check(served["checks"]["same_text"], "vLLM: server, our client and bare openai texts differ")
+        title, _, body = served["markdown"].partition("\n")
+        report.add(title.removeprefix("## "), body)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer tokens and rounds: checks every code path")
     parser.add_argument("--llama-only", action="store_true", help="only the llama.cpp server table")
+    parser.add_argument("--vllm-only", action="store_true", help="only the vLLM server table")
     args = parser.parse_args(argv)
-    results = [] if args.llama_only else [measure_remote(args.quick)]
-    results.append(measure_llama_served(args.quick))
+    if args.vllm_only:
+        results = [measure_vllm_served(args.quick)]
+    else:
+        results = [] if args.llama_only else [measure_remote(args.quick)]
+        results.append(measure_llama_served(args.quick))
     print("\n\n".join(result["markdown"] for result in results))
     return 0 if all(result["checks"]["same_text"] for result in results) else 1
 

@@ -116,9 +116,18 @@ class ModelViews:
         >>> for token in llm.explain_stream("Once upon a time,", max_new_tokens=5):   # doctest: +SKIP
         ...     print(repr(token.text), round(token.probability, 3))
         """
-        for name, flag in (("add_special_tokens", add_special_tokens), ("include_prompt", include_prompt)):
+        settings = {"add_special_tokens": add_special_tokens, "include_prompt": include_prompt}
+        return self._explained(prompt, max_length, max_new_tokens, alternatives, stop_event, settings, generate_kwargs)
+
+    def _explained(
+        self, prompt: Any, max_length: Any, max_new_tokens: Any, alternatives: Any, stop_event: Any,
+        settings: dict[str, bool], generate_kwargs: dict[str, Any], name: str = "alternatives",
+    ) -> Iterator[ExplainedToken]:  # fmt: skip
+        """``explain_stream``, with ``name`` for how the caller calls ``alternatives`` (explain: top_k)."""
+        add_special_tokens, include_prompt = settings["add_special_tokens"], settings["include_prompt"]
+        for flag_name, flag in (("add_special_tokens", add_special_tokens), ("include_prompt", include_prompt)):
             if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be True or False, not {flag!r}.")
+                raise TypeError(f"{flag_name} must be True or False, not {flag!r}.")
         if not isinstance(prompt, str):
             validation.check_prompt(prompt)  # a precise message for wrong types
             raise TypeError("Pass one prompt string; the look-inside views take one prompt at a time.")
@@ -126,7 +135,7 @@ class ModelViews:
         if not isinstance(engine, ExplainsTokens):
             raise GenerationError(f"{engine.description} cannot report token probabilities; use generate().")
         self._pipeline.check_open()
-        validation.check_top_k(alternatives, len(self.tokenizer), "alternatives")
+        validation.check_top_k(alternatives, len(self.tokenizer), name)
         beams = generate_kwargs.get("num_beams", 1)
         if isinstance(beams, int) and beams > 1:
             raise ValueError(
@@ -154,7 +163,9 @@ class ModelViews:
             stats = GenerationStats(len(encoded[0]), len(new), seconds, first, (reason,), budget)
             self.last_stats = stats
 
-        pieces = lambda: engine.explain_stream(request, alternatives, stop_event, include_prompt=include_prompt)  # noqa: E731
+        def pieces() -> Iterator[ExplainedToken]:
+            return engine.explain_stream(request, alternatives, stop_event, include_prompt=include_prompt, name=name)
+
         return self._pipeline.stream(request.stop, pieces, record)
 
     def explain(
@@ -165,9 +176,13 @@ class ModelViews:
         Continues like ``generate`` (greedy unless ``do_sample=True``); ``sampling_top_k`` is
         sampling's top-k (``top_k`` here counts the alternatives shown).
         """
-        from .inside.explain import explain
+        from .inside.explain import gather
 
-        return explain(self, prompt, max_new_tokens=max_new_tokens, top_k=top_k, sampling_top_k=sampling_top_k, **kw)
+        if sampling_top_k is not None:
+            kw["top_k"] = sampling_top_k
+        settings = {"add_special_tokens": True, "include_prompt": True}
+        tokens = list(self._explained(prompt, None, max_new_tokens, top_k, None, settings, dict(kw), name="top_k"))
+        return gather(self, tokens, {"do_sample": False, **kw})
 
     def logit_lens(self, prompt: str) -> LogitLens:
         """Every layer's next-token guess at every prompt position (``LogitLens``)."""

@@ -15,6 +15,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+HTML_ERROR_PAGE = (
+    "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center>"
+    "<hr><center>nginx</center></body></html>"
+)
+
 
 class FakeServer:
     """Serve on 127.0.0.1 in a thread; set ``mode`` to pick the next replies' behaviour.
@@ -24,7 +29,14 @@ class FakeServer:
     "malformed", "bad_shape" (valid JSON, wrong shape: ``{"choices": "oops"}``), "error_event",
     "drop" (closes mid-stream), "no_headers" (sends nothing, not even headers, until ``release``,
     30 s, or the client hangs up), "status:NNN" (answers every POST with that HTTP status and
-    ``message``). With ``required_key`` set, any other key gets 401.
+    ``message``), "html:NNN" (that status with a proxy's HTML error page), "forever" (streams
+    ``forever_text``, " more": one token, without end, up to 100 000 chunks, until the client
+    hangs up), "after_finish" (text
+    after the chunk that carries finish_reason), "finish_then_open" (the whole reply with its
+    finish chunk, then the connection stays open: no [DONE]), "negative_usage"
+    (usage.completion_tokens = -5), "sse_error" (``event: error`` with a ``message``),
+    "whole_reply" (a non-streamed JSON completion, status 200). With ``required_key`` set, any
+    other key gets 401. ``models_body`` (with ``models_type``) replaces the GET /v1/models reply.
     """
 
     def __init__(self, models: list[dict[str, Any]] | None = None) -> None:
@@ -37,6 +49,10 @@ class FakeServer:
         self.logprobs: dict[str, float] | None = None
         self.requests: list[dict[str, Any]] = []  # bodies of POSTs, newest last
         self.auth_headers: list[str] = []
+        self.models_body: str | None = None  # GET /v1/models answers this, with status 200
+        self.models_type = "application/json"
+        self.forever_text = " more"
+        self.sent_chunks = 0  # text chunks of the last "forever" stream
         self.release = threading.Event()
         self.disconnected = threading.Event()  # set when a client closed a "slow" stream
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -76,7 +92,9 @@ def _handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             if self._refused():
                 return
-            if self.path.rstrip("/") == "/v1/models":
+            if self.path.rstrip("/") == "/v1/models" and fake.models_body is not None:
+                self._raw(200, fake.models_type, fake.models_body.encode())
+            elif self.path.rstrip("/") == "/v1/models":
                 self._json(200, {"object": "list", "data": fake.models})
             else:
                 self._json(404, {"detail": "Not Found"})
@@ -92,6 +110,14 @@ def _handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
             if fake.mode.startswith("status:"):
                 status = int(fake.mode.split(":")[1])
                 self._json(status, {"error": {"message": fake.message, "code": status}})
+                return
+            if fake.mode.startswith("html:"):
+                page = HTML_ERROR_PAGE
+                self._raw(int(fake.mode.split(":")[1]), "text/html", page.encode())
+                return
+            if fake.mode == "whole_reply":
+                choice = {"index": 0, "text": "Hello there.", "finish_reason": "stop"}
+                self._json(200, {"id": "fake", "object": "text_completion", "model": "fake-model", "choices": [choice]})
                 return
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
@@ -136,9 +162,34 @@ def _handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
                     if fake.mode == "slow":
                         self._send(": keep-alive\n\n")  # an SSE comment: no event, but finds a closed client
                 return
+            if fake.mode == "sse_error":
+                self._send(_chunk(chat, "Hel"))
+                self._send('event: error\ndata: {"message": "the model fell over"}\n\n')
+                return
+            if fake.mode == "forever":
+                fake.sent_chunks = 0
+                for _ in range(100_000):
+                    self._send(
+                        _chunk(chat, fake.forever_text, logprobs=fake.logprobs if body.get("logprobs") else None)
+                    )
+                    fake.sent_chunks += 1
+                return
             for word in fake.words:
                 self._send(_chunk(chat, word, logprobs=fake.logprobs if body.get("logprobs") else None))
-            self._send(_chunk(chat, "", finish="stop", usage=len(fake.words)))
+            if fake.mode == "after_finish":
+                self._send(_chunk(chat, "", finish="stop"))
+                self._send(_chunk(chat, " AND MORE AFTER THE FINISH"))
+                self._send(_chunk(chat, "", usage=len(fake.words)))
+            elif fake.mode == "finish_then_open":
+                self._send(_chunk(chat, "", finish="stop", usage=len(fake.words)))
+                deadline = time.monotonic() + 30
+                while not fake.release.is_set() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                return
+            elif fake.mode == "negative_usage":
+                self._send(_chunk(chat, "", finish="stop", usage=-5))
+            else:
+                self._send(_chunk(chat, "", finish="stop", usage=len(fake.words)))
             self._send("data: [DONE]\n\n")
 
         def _send(self, text: str) -> None:
@@ -146,9 +197,11 @@ def _handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.flush()
 
         def _json(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
+            self._raw(status, "application/json", json.dumps(payload).encode())
+
+        def _raw(self, status: int, content_type: str, data: bytes) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -177,7 +230,7 @@ def _chunk(
         "object": "chat.completion.chunk" if chat else "text_completion",
         "created": 0,
         "model": "fake-model",
-        "choices": [choice],
+        "choices": [choice] if text or finish or usage is None else [],
     }
     if usage is not None:
         payload["usage"] = {"prompt_tokens": 1, "completion_tokens": usage, "total_tokens": usage + 1}

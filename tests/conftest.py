@@ -54,3 +54,23 @@ def tiny_model_dir(tmp_path_factory, tokenizer_dir):
 def tiny_llm(tiny_model_dir):
     """A fast random model: for edge cases where the text itself does not matter."""
     return HuggingFaceLLM(str(tiny_model_dir), dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(default_model_dir):
+    """vLLM's server on the default model, float32, started once per session (a minute or more, 4 GiB).
+
+    Every module that runs against vLLM shares it (tests/_server.py: VllmProcess). With
+    HFLLM_NB_VLLM_URL set, the tests use that running server instead (to iterate on them).
+    """
+    from _server import VllmProcess, require_vllm, running_vllm
+
+    if os.environ.get("HFLLM_NB_VLLM_URL"):
+        yield running_vllm(os.environ["HFLLM_NB_VLLM_URL"])
+        return
+    require_vllm()
+    process = VllmProcess(default_model_dir).start()
+    try:
+        yield process
+    finally:
+        process.stop()

@@ -24,6 +24,11 @@ def remote(default_model_dir):
 
 
 def test_chat_panel_on_a_server_replies_as_its_chat_and_stops(remote):
+    check_chat_panel(remote)
+
+
+def check_chat_panel(remote) -> None:
+    """Two questions answered as chat() answers them, then a long reply stopped (also run on vLLM: test_vllm.py)."""
     panel = remote.chat_panel("Answer briefly.", max_length=16)
     try:
         assert isinstance(panel, ChatPanel) and remote.engine_description in panel.memory.text

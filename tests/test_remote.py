@@ -1,7 +1,8 @@
-"""HuggingFaceLLM(endpoint=...): against two real servers on this machine, plus a fake for faults.
+"""HuggingFaceLLM(endpoint=...): against three real servers on this machine, plus a fake for faults.
 
-``transformers serve`` runs the default model in float32 on the CPU, so its greedy text must equal
-the in-process float32 text token for token. llama.cpp (llama-cpp-python's server) runs the GGUF
+``transformers serve`` and vLLM run the default model in float32 on the CPU, so their greedy text
+must equal the in-process float32 text token for token (vLLM: one server per session, shared with
+tests/test_vllm.py, which checks what only vLLM does). llama.cpp (llama-cpp-python's server) runs the GGUF
 file as shipped, Q4_1 weights with 8-bit activations: its greedy text is checked where the model is
 sure (tests/test_llama_cpp.py measures how far it goes). The fake server (tests/_fake_server.py)
 only adds the faults a real one will not produce on demand.
@@ -26,8 +27,11 @@ from hfllm_nb.engines.remote.wire import finish_reason, pick_served_model
 SECRET = "sk-test-3f9a1c-never-shown"
 
 
-@pytest.fixture(scope="module", params=["transformers serve", "llama.cpp"])
+@pytest.fixture(scope="module", params=["transformers serve", "llama.cpp", "vllm"])
 def server(request, default_model_dir):
+    if request.param == "vllm":  # session-wide: starting it takes a minute or more
+        yield request.getfixturevalue("vllm_server")
+        return
     if request.param == "llama.cpp":
         require_llama_cpp()
         process = LlamaCppProcess(find_default_gguf()).start()
@@ -104,12 +108,17 @@ def test_chat_reply_equals_in_process_reply(remote, local32, server):
 def test_stop_strings_end_the_text_as_in_process(remote, local32, server):
     options = {"max_new_tokens": 20, "stop_strings": ["."]}
     expected = local32.generate("The capital of France is", **options)  # "… Paris."
-    if server.exact:
+    if server.exact:  # transformers serve keeps the stop string; vLLM cuts and names it, and it is put back
         assert remote.generate("The capital of France is", **options) == expected
         assert remote.last_stats.finish_reasons == (STOP_STRING,)
     else:  # llama.cpp cuts the stop string without naming it (README: What each server supports)
         assert remote.generate("The capital of France is", **options) == expected.removesuffix(".")
         assert remote.last_stats.finish_reasons == (END_OF_TEXT,)
+    # The stream gives the same text and reason as generate, on every server (vLLM once lost the ".").
+    reason = remote.last_stats.finish_reasons
+    continuation = remote.generate("The capital of France is", return_full_text=False, **options)
+    assert "".join(remote.stream("The capital of France is", **options)) == continuation
+    assert remote.last_stats.finish_reasons == reason
 
 
 def test_seeded_sampling_equals_in_process_sampling(remote, local32, server):
@@ -117,9 +126,9 @@ def test_seeded_sampling_equals_in_process_sampling(remote, local32, server):
     options = {"max_new_tokens": 8, "do_sample": True, "seed": 3, "temperature": 0.9, "top_k": 20}
     sampled = remote.generate("Once upon a time", **options)
     greedy = local32.generate("Once upon a time", max_new_tokens=8)
-    if server.exact:
+    if server.name == "transformers serve":  # torch's generator, seeded as in-process
         assert sampled == local32.generate("Once upon a time", **options)
-    else:  # another random generator: the seed repeats the text, and top_k=1 samples the greedy token
+    else:  # vLLM, llama.cpp: their own random generators; the seed repeats the text, top_k=1 is greedy
         assert sampled == remote.generate("Once upon a time", **options)
         assert remote.generate("Once upon a time", **{**options, "top_k": 1}) == greedy
     assert sampled != greedy

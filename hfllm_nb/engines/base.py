@@ -50,12 +50,18 @@ class ExplainsTokens(Protocol):
     """An engine that can say, for each token it generates, how likely it was and what else was."""
 
     def explain_stream(
-        self, request: EngineRequest, alternatives: int, stop_event: Any = None, *, include_prompt: bool = False
+        self,
+        request: EngineRequest,
+        alternatives: int,
+        stop_event: Any = None,
+        *,
+        include_prompt: bool = False,
+        name: str = "alternatives",
     ) -> Generator[ExplainedToken, None, EngineResult]:
         """Yield ``ExplainedToken``s (the prompt's first when ``include_prompt``); ``return`` the EngineResult.
 
-        ``alternatives`` is how many likely tokens each keeps; ``stop_event`` (anything with
-        ``is_set()``) stops it like the request's Stop.
+        ``alternatives`` is how many likely tokens each keeps (``name``: what the caller calls it,
+        for messages); ``stop_event`` (anything with ``is_set()``) stops it like the request's Stop.
         """
 
 

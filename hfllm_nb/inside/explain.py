@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..core import validation
 from ..core.tokens import ExplainedToken
 from .html import describe_settings, render_explanation
 
@@ -39,37 +38,21 @@ class Explanation:
         return render_explanation(self)
 
 
-def explain(
-    llm: HuggingFaceLLM,
-    prompt: str,
-    max_new_tokens: int = 20,
-    top_k: int = 5,
-    sampling_top_k: int | None = None,
-    **generate_kwargs: Any,
-) -> Explanation:
-    """Continue ``prompt`` (greedy unless ``do_sample=True``) and explain every token (``llm.explain``).
+def explain(llm: HuggingFaceLLM, prompt: str, **kwargs: Any) -> Explanation:
+    """``llm.explain`` as a function (kept for code written against 0.1)."""
+    return llm.explain(prompt, **kwargs)
 
-    ``top_k`` is how many alternatives each token keeps; ``sampling_top_k`` is sampling's top-k;
-    other sampling settings pass through. ``llm.stop()`` ends it within a step.
 
-    >>> llm.explain("The capital of France is", max_new_tokens=3)   # doctest: +SKIP
-    """
-    validation.check_top_k(top_k, len(llm.tokenizer))  # named as explain() takes it
-    if sampling_top_k is not None:
-        generate_kwargs["top_k"] = sampling_top_k
-    stream = llm.explain_stream(
-        prompt, max_new_tokens=max_new_tokens, alternatives=top_k, include_prompt=True, **generate_kwargs
-    )
-    tokens = list(stream)
+def gather(llm: HuggingFaceLLM, tokens: list[ExplainedToken], settings: dict[str, Any]) -> Explanation:
+    """The ``Explanation`` of explained tokens, prompt first: its text as ``generate`` returns it."""
     tokenizer = llm.tokenizer
     if llm.in_process:
         text = tokenizer.decode([token.token_id for token in tokens], skip_special_tokens=True)
     else:  # the server's text, after the prompt as our tokenizer reads it
         prompt_ids = [token.token_id for token in tokens if token.is_prompt]
-        text = tokenizer.decode(prompt_ids, skip_special_tokens=True) + "".join(
-            token.text for token in tokens if not token.is_prompt
-        )
-    return Explanation(tokens, text, {"do_sample": False, **generate_kwargs})
+        new_text = "".join(token.text for token in tokens if not token.is_prompt)
+        text = tokenizer.decode(prompt_ids, skip_special_tokens=True) + new_text
+    return Explanation(tokens, text, settings)
 
 
 def explain_stream(

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ...core.validation import check_top_k  # noqa: F401  (lives in core: the remote path has no torch)
+
 
 def summarize(log_probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k probabilities, their ids, and the entropy (nats) of each row, moved to the CPU."""

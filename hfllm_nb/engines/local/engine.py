@@ -164,7 +164,13 @@ class LocalEngine:
         return (yield from self.model_thread.stream(job, stop, owner=self))
 
     def explain_stream(
-        self, request: EngineRequest, alternatives: int, stop_event: Any = None, *, include_prompt: bool = False
+        self,
+        request: EngineRequest,
+        alternatives: int,
+        stop_event: Any = None,
+        *,
+        include_prompt: bool = False,
+        name: str = "alternatives",  # no limit here beyond the vocabulary, which the facade checks
     ) -> Generator[ExplainedToken, None, EngineResult]:
         """Each new token explained as it is generated (the prompt's first, if asked); see ``explain``."""
         from .explain import explain_job

@@ -7,14 +7,14 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
-
-import torch
 
 from ... import default_model
 from ...errors import ModelLoadError
-from .quant_imports import quiet_backend_imports
+
+if TYPE_CHECKING:  # the remote engine loads tokenizers through here, also where torch is not installed
+    import torch
 
 _HUB_CONNECT_TIMEOUT_S = 3.0
 _SECRET_KEYS = ("token", "use_auth_token")
@@ -95,6 +95,8 @@ def load_model_and_tokenizer(
 ) -> tuple[Any, Any]:
     """Load both halves; any failure is logged and raised as ModelLoadError naming the model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .quant_imports import quiet_backend_imports  # imports torch: the remote path loads no weights
 
     kwargs = dict(load_kwargs)
     if source.is_hub:

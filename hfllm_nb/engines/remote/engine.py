@@ -13,14 +13,15 @@ import time
 from collections.abc import Generator
 from typing import Any
 
-from ...core.requests import STOPPED, Completion, EitherStop, EngineRequest, EngineResult
+from ...core.requests import LENGTH, STOPPED, Completion, EitherStop, EngineRequest, EngineResult
 from ...core.tokens import ExplainedToken, token_text
 from ...errors import GenerationError, ModelLoadError
 from ..local import loading as _loading
 from . import errors as _openai_errors
 from . import logprobs as _openai_logprobs
 from . import server_tokenizer, wire
-from .stream import Reply, StreamReader, http_client, take_chunk
+from .local_files import TOKENIZER_KWARGS, TRANSFORMERS_SAMPLING, local_settings
+from .stream import Budget, ErrorEvent, NotAStream, Reply, StreamReader, http_client, take_chunk
 
 logger = logging.getLogger("hfllm_nb")
 
@@ -28,9 +29,6 @@ DEFAULT_TIMEOUT_S = 120.0  # the longest wait for the server's next bytes (a CPU
 CONNECT_CHECK_S = 10.0  # construction reports an unreachable or refusing server within this
 FALLBACK_CONTEXT = 2048  # when neither the server, the config nor the tokenizer says
 _PLACEHOLDER_KEY = "EMPTY"  # the openai client insists on a key; servers without --api-key ignore it
-# load_kwargs that mean something for a tokenizer; the others configure weights the server holds.
-_TOKENIZER_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
-_TRANSFORMERS_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}  # transformers' own defaults
 
 
 class RemoteEngine:
@@ -71,11 +69,11 @@ class RemoteEngine:
             if value is not None and not value.strip():
                 raise ValueError(f"{name} is empty; pass a non-empty string, or None.")
         load_kwargs = dict(load_kwargs or {})
-        weights_only = sorted(k for k in load_kwargs if k not in _TOKENIZER_KWARGS)
+        weights_only = sorted(k for k in load_kwargs if k not in TOKENIZER_KWARGS)
         if weights_only:
             raise ValueError(
                 f"{', '.join(weights_only)} configure loading weights; with endpoint= the server holds them, so "
-                "set them in its launch flags. Here only the tokenizer loads: " + ", ".join(_TOKENIZER_KWARGS) + "."
+                "set them in its launch flags. Here only the tokenizer loads: " + ", ".join(TOKENIZER_KWARGS) + "."
             )
         self._openai = _openai_errors.import_openai()
         key = api_key or os.environ.get("HFLLM_NB_API_KEY") or os.environ.get("OPENAI_API_KEY")
@@ -101,10 +99,10 @@ class RemoteEngine:
                 self.tokenizer = _loading.load_tokenizer(
                     source, trust_remote_code=trust_remote_code, load_kwargs=load_kwargs
                 )
-                local = _local_settings(source, trust_remote_code, load_kwargs)
+                local = local_settings(source, trust_remote_code, load_kwargs)
             except ModelLoadError as exc:  # no tokenizer here: the server's own, where it has one
                 self.tokenizer = self._server_tokenizer(exc, key)
-                local = {"sampling": dict(_TRANSFORMERS_SAMPLING)}
+                local = {"sampling": dict(TRANSFORMERS_SAMPLING)}
         except BaseException:
             self.close()
             raise
@@ -151,14 +149,21 @@ class RemoteEngine:
         return EngineResult([self._completion(request, reply)], time.perf_counter() - reply.started, first)
 
     def explain_stream(
-        self, request: EngineRequest, alternatives: int, stop_event: Any = None, *, include_prompt: bool = False
+        self,
+        request: EngineRequest,
+        alternatives: int,
+        stop_event: Any = None,
+        *,
+        include_prompt: bool = False,
+        name: str = "alternatives",
     ) -> Generator[ExplainedToken, None, EngineResult]:
         """Yield each new token as an ``ExplainedToken`` from the server's log-probabilities (completions).
 
         A server that ignores ``logprobs`` (``transformers serve``) raises GenerationError naming
         the servers that return them. ``stop_event`` (anything with ``is_set()``) stops it like Stop.
-        ``include_prompt``: the prompt's tokens first, without probabilities (no server's echoed
-        prompt log-probabilities have been verified right so far).
+        ``include_prompt``: the prompt's tokens first, with the server's probabilities where they were
+        checked right (vLLM, see ``explain_prompt``), else none. ``name``: the caller's name for
+        ``alternatives``, for messages (explain calls it top_k).
         """
         if len(request.prompts) != 1 or request.messages is not None:
             raise TypeError("explain takes one prompt string (format a chat with llm.format_chat first).")
@@ -170,14 +175,40 @@ class RemoteEngine:
         if self._vocabulary is None:
             self._vocabulary = _openai_logprobs.VocabularyText(self.tokenizer)
         if include_prompt:
-            for token_id in request.token_ids[0]:
-                text, partial = token_text(self.tokenizer, token_id)
-                yield ExplainedToken(text, token_id, True, None, None, partial_bytes=partial, from_server=True)
+            prompt_ids = request.token_ids[0]
+            explained = self.explain_prompt(prompt_ids, alternatives)
+            yield from explained or [self._unexplained(i) for i in prompt_ids]
         reply = Reply(time.perf_counter())
         stop = EitherStop(request.stop, stop_event)
-        yield from self._pieces(request, 0, reply, logprobs=alternatives, stop=stop)
+        yield from self._pieces(request, 0, reply, logprobs=alternatives, stop=stop, logprobs_name=name)
         first = reply.first_at - reply.started if reply.first_at is not None else None
         return EngineResult([self._completion(request, reply)], time.perf_counter() - reply.started, first)
+
+    def _unexplained(self, token_id: int) -> ExplainedToken:
+        text, partial = token_text(self.tokenizer, token_id)
+        return ExplainedToken(text, token_id, True, None, None, partial_bytes=partial, from_server=True)
+
+    def explain_prompt(self, token_ids: list[int], alternatives: int) -> list[Any] | None:
+        """The prompt's tokens explained by the server, where its numbers were checked right (vLLM); else None.
+
+        One short request (the prompt as token ids, so the positions are ours; one new token).
+        """
+        if self._dialect not in _openai_logprobs.PROMPT_LOGPROBS_RIGHT or not token_ids:
+            return None
+        sent = {"prompt_logprobs": "top_k"}
+        try:
+            reply = self._client.completions.create(
+                model=self.served_model, prompt=token_ids, max_tokens=1, temperature=0.0,
+                extra_body={"prompt_logprobs": alternatives},
+            )  # fmt: skip
+            entries = (reply.choices[0].model_extra or {}).get("prompt_logprobs")
+            return _openai_logprobs.prompt_tokens(entries, token_ids, self.tokenizer, alternatives)
+        except self._openai.APIError as exc:
+            raise self._failure(exc, sent) from None
+        except (AttributeError, IndexError, TypeError, ValueError, KeyError) as exc:
+            raise GenerationError(
+                f"The server at {self._shown_url} sent prompt log-probabilities this client cannot read ({exc})."
+            ) from None
 
     def close(self) -> None:
         if not self._closed:
@@ -186,7 +217,7 @@ class RemoteEngine:
 
     # ----------------------------------------------------------------- internals
 
-    def server_tokenizer(self, failure: ModelLoadError, key: str | None) -> Any:
+    def _server_tokenizer(self, failure: ModelLoadError, key: str | None) -> Any:
         """The server's tokenizer over HTTP (llama.cpp, vLLM), or ``failure`` raised when it has none."""
         found = server_tokenizer.connect(self._http, self.endpoint, self.served_model, self._dialect, key)
         if found is None:
@@ -201,12 +232,17 @@ class RemoteEngine:
     def _check_server(self, served_model: str | None, hints: list[str], key: str | None) -> dict[str, Any]:
         """List the served models (within CONNECT_CHECK_S) and pick ours; ModelLoadError saying why not."""
         wait = min(self.timeout, CONNECT_CHECK_S)
-        try:
-            page = self._client.with_options(timeout=wait).models.list()
-            entries = [m.to_dict() for m in page.data]
+        try:  # the raw body: the client's own parsing turns an HTML page or a bad shape into AttributeErrors
+            raw = self._client.with_options(timeout=wait).models.with_raw_response.list()
+            entries = wire.models_listed(raw.http_response.text)
         except self._openai.APIError as exc:
             raise _openai_errors.connect_failure(
                 self._openai, exc, self._shown_url, self._secret, key is not None, wait
+            ) from None
+        except ValueError as exc:
+            raise ModelLoadError(
+                f"The server at {self._shown_url} {exc}, so it is not an OpenAI-compatible server's base URL "
+                "(or a proxy answered for it). Check the URL: it usually ends in /v1, e.g. http://127.0.0.1:8000/v1."
             ) from None
         listed = [e["id"] for e in entries if isinstance(e.get("id"), str)]
         chosen = wire.pick_served_model(listed, served_model, hints)
@@ -225,7 +261,13 @@ class RemoteEngine:
         return next(e for e in entries if e.get("id") == chosen)
 
     def _pieces(
-        self, request: EngineRequest, index: int, reply: Reply, logprobs: int | None = None, stop: Any = None
+        self,
+        request: EngineRequest,
+        index: int,
+        reply: Reply,
+        logprobs: int | None = None,
+        stop: Any = None,
+        logprobs_name: str = "alternatives",
     ) -> Generator[Any, None, None]:
         """Stream one prompt's reply into ``reply``, yielding text (with ``logprobs``: explained tokens).
 
@@ -256,12 +298,15 @@ class RemoteEngine:
             kwargs["prompt"] = request.prompts[index]
         if logprobs is not None:
             kwargs["logprobs"] = logprobs
+            sent["logprobs"] = logprobs_name
         reader = StreamReader(self._client.chat.completions if chat else self._client.completions, kwargs)
+        remote_tokenizer = isinstance(self.tokenizer, server_tokenizer.ServerTokenizer)
+        bound = Budget(self.tokenizer, request.budgets[index], count_here=not remote_tokenizer)
         try:
-            for chunk in reader.chunks(stop):
-                text = take_chunk(chunk, reply, chat)
+            for chunk in reader.chunks(stop, reply):
+                text = bound.take(take_chunk(chunk, reply, chat), reply)
                 if logprobs is not None:
-                    explained = self._explained(chunk, text, logprobs)
+                    explained = bound.take_tokens(self._explained(chunk, text, logprobs), reply)
                     if explained and reply.first_at is None:
                         reply.first_at = time.perf_counter()
                     reply.pieces.append(text)
@@ -271,8 +316,18 @@ class RemoteEngine:
                         reply.first_at = time.perf_counter()
                     reply.pieces.append(text)
                     yield text
+                if reply.cut:
+                    break
+            if not reply.stopped and not reader.stopped:
+                text = self._named_stop(request, reply)
+                if text:  # the stop string the server cut and named: put back, as generate() has it
+                    reply.pieces.append(text)
+                    if logprobs is None:
+                        yield text
         except self._openai.APIError as exc:
             raise self._failure(exc, sent) from None
+        except (NotAStream, ErrorEvent) as exc:
+            raise _openai_errors.not_a_reply(exc, self._shown_url, self._secret) from None
         except ValueError as exc:  # a data line that is not JSON, from the SSE decoder
             raise GenerationError(
                 f"The server at {self._shown_url} sent a malformed stream ({type(exc).__name__}: "
@@ -296,10 +351,19 @@ class RemoteEngine:
             return []
         return _openai_logprobs.generated_tokens(found, self._vocabulary, top_k)
 
+    def _named_stop(self, request: EngineRequest, reply: Reply) -> str:
+        """The stop string to put back at the end of the text: the one the server cut and named."""
+        stop_strings = request.options.get("stop_strings") or []
+        text = "".join(reply.pieces)
+        _, full = wire.finish_reason(reply.finish, text, stop_strings, reply.matched)
+        return full[len(text) :] if full.startswith(text) else ""
+
     def _completion(self, request: EngineRequest, reply: Reply) -> Completion:
         text = "".join(reply.pieces)
         if reply.stopped:
             return Completion(text, self._count(text), STOPPED)
+        if reply.cut:
+            return Completion(text, reply.usage_tokens or self._count(text), LENGTH)
         stop_strings = request.options.get("stop_strings") or []
         reason, text = wire.finish_reason(reply.finish, text, stop_strings, reply.matched)
         if reason is None:
@@ -319,33 +383,3 @@ class RemoteEngine:
     def _tokenizer_context(self) -> int:
         value = getattr(self.tokenizer, "model_max_length", None)
         return value if isinstance(value, int) and 0 < value < 10**7 else FALLBACK_CONTEXT
-
-
-def _local_settings(source: _loading.ModelSource, trust_remote_code: bool, load_kwargs: dict[str, Any]) -> dict:
-    """Context length and sampling defaults from the model's files here, where they can be read."""
-    from transformers import AutoConfig, GenerationConfig
-
-    kwargs = {k: load_kwargs[k] for k in _TOKENIZER_KWARGS if k in load_kwargs}
-    if source.is_hub and _loading._offline_mode():
-        kwargs["local_files_only"] = True
-    settings: dict[str, Any] = {"sampling": dict(_TRANSFORMERS_SAMPLING)}
-    try:
-        config = AutoConfig.from_pretrained(
-            source.location, trust_remote_code=trust_remote_code, **source.extra, **kwargs
-        )
-        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            value = getattr(config, name, None)
-            if isinstance(value, int) and value > 0:
-                settings["context"] = value
-                break
-        if source.is_gguf:
-            generation = GenerationConfig.from_model_config(config)
-        else:
-            generation = GenerationConfig.from_pretrained(source.location, **kwargs)
-        for name in settings["sampling"]:
-            value = getattr(generation, name, None)
-            if value is not None:
-                settings["sampling"][name] = value
-    except Exception as exc:  # a tokenizer-only repo, say: fall back, and say so in the log
-        logger.info("No model config for %s here (%s); using fallbacks.", source.label, type(exc).__name__)
-    return settings

@@ -6,11 +6,16 @@ Bad input (HTTP 4xx) is a ``ValueError`` (``RequestRejected``); a server that fa
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ...errors import GenerationError, ModelLoadError
 
 _MESSAGE_LIMIT = 300
+_HTML = re.compile(r"^\s*<(!doctype|html|head|body|title|h1|center)\b", re.IGNORECASE)
+_TITLE = re.compile(r"<(title|h1)[^>]*>(.*?)</\1>", re.IGNORECASE | re.DOTALL)
+# vLLM: "Requested sample logprobs of 25, which is greater than max allowed: 20" (and "prompt logprobs").
+_LOGPROB_LIMIT = re.compile(r"logprobs of (\d+), which is greater than max allowed: (\d+)")
 
 
 class RequestRejected(ValueError):
@@ -45,12 +50,38 @@ def server_message(exc: Any, secret: str | None) -> str:
         )
     elif isinstance(body, str):
         message = body
+    if isinstance(message, str) and _HTML.match(message):
+        return html_summary(message)
     if not message:
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     text = " ".join(str(message).split())
     if len(text) > _MESSAGE_LIMIT:
         text = text[: _MESSAGE_LIMIT - 1] + "…"
     return scrub(text, secret)
+
+
+def html_summary(page: str) -> str:
+    """An HTML page, as a message: its title, never its markup (a proxy's or web server's error page)."""
+    found = _TITLE.search(page)
+    title = " ".join(re.sub(r"<[^>]*>", "", found.group(2)).split())[:120] if found else ""
+    return f"an HTML page{f' titled {title!r}' if title else ''}, not an API reply (a proxy or web server answered)"
+
+
+def not_a_reply(exc: Exception, url: str, secret: str | None) -> GenerationError:
+    """A streamed request answered with something other than a stream (stream.NotAStream / ErrorEvent)."""
+    content_type = getattr(exc, "content_type", None)
+    if content_type is None:
+        return GenerationError(f"The server at {url} reported an error while generating: {scrub(str(exc), secret)}")
+    start = getattr(exc, "start", "")
+    if _HTML.match(start):
+        shown = html_summary(start)
+    else:
+        shown = repr(scrub(start, secret)[:120]) if start else "an empty body"
+    return GenerationError(
+        f"The server at {url} answered a streamed request with {content_type} instead of an event stream "
+        f"({shown}). This client needs stream=true to honour Stop: check that the server supports streaming, "
+        "and that no proxy in front of it buffers or rewrites the reply."
+    )
 
 
 def _transport_reason(exc: BaseException) -> str:
@@ -110,6 +141,14 @@ def request_failure(
             "is running; this object works again once it is back."
         )
     message = server_message(exc, secret)
+    limit = _LOGPROB_LIMIT.search(message)
+    if limit:
+        asked, most = limit.groups()
+        name = sent.get("logprobs", "top_k")
+        return RequestRejected(
+            f"The server at {url} returns at most {most} alternatives per token, and {name}={asked} asks for more. "
+            f"Pass {name}={most} or less, or start the server with a higher limit (vLLM: --max-logprobs {asked})."
+        )
     status = getattr(exc, "status_code", None)
     if status is None:  # an error event inside a stream
         return GenerationError(f"The server at {url} failed while generating: {message}")

@@ -14,10 +14,11 @@ from typing import Any
 
 from ...core.tokens import ExplainedToken, token_text
 
-# Servers whose echoed prompt log-probabilities (``echo: true``) were checked against in-process
-# numbers and found right. llama-cpp-python 0.3.36 lists token i+1's alternatives at token i, so
-# it is not here; prompt tokens then get no probability (None), never a wrong one.
-PROMPT_LOGPROBS_RIGHT: frozenset[str] = frozenset()
+# Servers (wire.detect_dialect) whose prompt log-probabilities were checked against in-process
+# numbers and found right: vLLM 0.32 (``prompt_logprobs``, within 1e-5; tests/test_vllm.py).
+# llama-cpp-python 0.3.36 lists token i+1's alternatives at token i (``echo: true``), so it is not
+# here; prompt tokens then get no probability (None), never a wrong one.
+PROMPT_LOGPROBS_RIGHT: frozenset[str] = frozenset({"vllm"})
 SERVERS_WITH_LOGPROBS = "llama.cpp (llama-server, llama-cpp-python), vLLM, SGLang and Ollama"
 
 
@@ -60,6 +61,34 @@ def generated_tokens(logprobs: Any, vocabulary: VocabularyText, top_k: int) -> l
     tokens = []
     for text, logprob, top in zip(texts, chosen, tops, strict=True):
         tokens.append(_token(text, logprob, top, vocabulary, top_k))
+    return tokens
+
+
+def prompt_tokens(entries: Any, ids: list[int], tokenizer: Any, top_k: int) -> list[ExplainedToken]:
+    """vLLM's ``prompt_logprobs`` (per prompt token: None, or {id: {logprob, rank, ...}}) as prompt tokens.
+
+    Entry i is what the model made of token i given the tokens before it; the first has none.
+    Raises ValueError when the entries do not line up with ``ids``.
+    """
+    if not isinstance(entries, list) or len(entries) != len(ids):
+        raise ValueError(f"prompt log-probabilities that do not line up with the {len(ids)} prompt tokens")
+    tokens = []
+    for token_id, entry in zip(ids, entries, strict=True):
+        shown, partial = token_text(tokenizer, token_id)
+        if not isinstance(entry, dict):
+            tokens.append(ExplainedToken(shown, token_id, True, None, None, partial_bytes=partial, from_server=True))
+            continue
+        numbers = {int(k): float(_field(v, "logprob")) for k, v in entry.items()}
+        probability = math.exp(numbers[token_id]) if token_id in numbers else None
+        ranked = sorted(numbers.items(), key=lambda pair: -pair[1])[:top_k]
+        alternatives = tuple((token_text(tokenizer, i)[0], math.exp(v)) for i, v in ranked)
+        known = [p for _, p in alternatives] + ([probability] if token_id not in dict(ranked) and probability else [])
+        entropy = entropy_lower_bound(known)
+        ids_ranked = tuple(i for i, _ in ranked)
+        token = ExplainedToken(
+            shown, token_id, True, probability, entropy, alternatives, ids_ranked, None, partial, True
+        )
+        tokens.append(token)
     return tokens
 
 

@@ -20,8 +20,9 @@ logger = logging.getLogger("hfllm_nb")
 _ROUTES = {
     "llama-cpp-python": ("/extras/tokenize", "input", "/extras/detokenize", "text"),
     "llama.cpp": ("/tokenize", "content", "/detokenize", "content"),
-    "openai": ("/tokenize", "prompt", "/detokenize", "prompt"),  # vLLM (SGLang has no /detokenize)
+    "openai": ("/tokenize", "prompt", "/detokenize", "prompt"),  # vLLM's (SGLang has no /detokenize)
 }
+_ROUTES["vllm"] = _ROUTES["openai"]
 
 
 class ServerTokenizer:

@@ -37,6 +37,8 @@ _EXTRA_NAMES = {
     "llama.cpp": {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repeat_penalty"},
 }
 TRANSFORMERS = "transformers serve"
+VLLM = "vllm"  # vLLM's names are the "openai" ones; what differs is what it reports (see detect_dialect)
+_EXTRA_NAMES[VLLM] = _EXTRA_NAMES["openai"]
 LLAMA_CPP_PYTHON = "llama-cpp-python"  # llama.cpp's wire names, its own tokenizer routes
 _EXTRA_NAMES[LLAMA_CPP_PYTHON] = _EXTRA_NAMES["llama.cpp"]
 # Server defaults that differ from transformers' and would change the text unless sent. Both llama.cpp
@@ -65,9 +67,12 @@ def detect_dialect(models: list[dict[str, Any]]) -> str:
 
     ``transformers serve`` marks each entry with ``status`` (loaded / unloaded); llama.cpp's
     ``llama-server`` says ``owned_by: llamacpp``; llama-cpp-python's server ``owned_by: me`` with a
-    ``permissions`` list. Everything else gets vLLM's names, which SGLang shares.
+    ``permissions`` list; vLLM ``owned_by: vllm`` (its prompt log-probabilities were checked right,
+    and it names the stop string it cut). Everything else gets vLLM's names, which SGLang shares.
     """
     for entry in models:
+        if entry.get("owned_by") == VLLM:
+            return VLLM
         status = entry.get("status")
         if isinstance(status, dict) and status.get("value") in ("loaded", "unloaded"):
             return TRANSFORMERS
@@ -139,11 +144,30 @@ def finish_reason(raw: str | None, text: str, stop_strings: list[str], matched: 
         return LENGTH, text
     if raw != "stop":
         return None, text
+    if isinstance(matched, str) and matched in stop_strings:
+        return STOP_STRING, text if text.endswith(matched) else text + matched
     if any(s in text for s in stop_strings):
         return STOP_STRING, text
-    if isinstance(matched, str) and matched in stop_strings:
-        return STOP_STRING, text + matched
     return END_OF_TEXT, text
+
+
+def models_listed(body: str) -> list[dict[str, Any]]:
+    """The model entries of a GET /v1/models reply body; ValueError saying what is wrong with it.
+
+    An OpenAI-compatible server answers ``{"object": "list", "data": [{"id": ...}, ...]}``. A web
+    server or proxy at the wrong URL answers HTML, even with status 200.
+    """
+    try:
+        reply = json.loads(body)
+    except ValueError:
+        start = " ".join(body.split())[:80]
+        what = "an HTML page" if start.startswith("<") else f"text that is not JSON ({start!r})" if start else "nothing"
+        raise ValueError(f"answered GET /models with {what}, not a list of models") from None
+    data = reply.get("data") if isinstance(reply, dict) else None
+    if not isinstance(data, list):
+        shown = "no 'data'" if not isinstance(reply, dict) or "data" not in reply else f"'data' = {data!r:.60}"
+        raise ValueError(f"answered GET /models with JSON that holds no list of models ({shown})")
+    return [entry for entry in data if isinstance(entry, dict)]
 
 
 def pick_served_model(listed: list[str], wanted: str | None, hints: list[str]) -> str | None:
