@@ -1,1 +1,1 @@
-"""TODO"""
+"""The notebook widgets, the only modules that import ipywidgets: panels, explorer, memory readout."""
