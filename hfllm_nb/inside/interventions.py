@@ -199,9 +199,12 @@ def _patch(change: Patch) -> Any:
 # ----------------------------------------------------------------------------- measurements
 
 
-def _ids(llm: HuggingFaceLLM, prompt: str) -> list[int]:
+def _ids(llm: HuggingFaceLLM, prompt: str | Sequence[int]) -> list[int]:
+    """The prompt's token ids; a list of ids passes as is (to run token orders no text spells)."""
+    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(i, int) for i in prompt):
+        return list(prompt)
     if not isinstance(prompt, str) or not prompt:
-        raise TypeError(f"prompt must be a non-empty string, not {prompt!r}.")
+        raise TypeError(f"prompt must be a non-empty string or list of token ids, not {prompt!r}.")
     ids = llm.tokenizer(prompt)["input_ids"]
     if not ids:
         raise ValueError(f"The prompt {prompt!r} has no tokens.")
@@ -230,7 +233,7 @@ def forward_log_probs(model: Any, ids: Sequence[int], *changes: Change) -> torch
     return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
-def next_token_probs(llm: HuggingFaceLLM, prompt: str, *changes: Change) -> torch.Tensor:
+def next_token_probs(llm: HuggingFaceLLM, prompt: str | Sequence[int], *changes: Change) -> torch.Tensor:
     """The next-token distribution after ``prompt`` with ``changes`` applied, ``(vocabulary,)`` float32.
 
     >>> p = next_token_probs(llm, "The capital of France is", HeadsOff(23, 4))   # doctest: +SKIP
@@ -240,7 +243,7 @@ def next_token_probs(llm: HuggingFaceLLM, prompt: str, *changes: Change) -> torc
     return llm.run(lambda model, tokenizer: forward_log_probs(model, ids, *changes)[-1].exp())
 
 
-def probability(llm: HuggingFaceLLM, prompt: str, target: str | int, *changes: Change) -> float:
+def probability(llm: HuggingFaceLLM, prompt: str | Sequence[int], target: str | int, *changes: Change) -> float:
     """P(``target`` | ``prompt``) with ``changes`` applied; ``target`` is one token (" Paris")."""
     return float(next_token_probs(llm, prompt, *changes)[target_id(llm.tokenizer, target)])
 
@@ -308,7 +311,7 @@ def generate_with(llm: HuggingFaceLLM, prompt: str, *changes: Change, max_new_to
                 if token == eos or stop.is_set():
                     break
                 step = torch.tensor([[token]], device=device)
-                output = model(input_ids=step, past_key_values=output.past_key_values, use_cache=True)
+                output = model(input_ids=step, cache=output.cache, use_cache=True)  # transformers 5's name
 
     new = list(llm.run_stream(job))
     return prompt + llm.tokenizer.decode(new, skip_special_tokens=True)
