@@ -120,6 +120,8 @@ def fine_tune(
     ...                 probes=[("The capital of France is", " London")])
     >>> run.losses
     """
+    if getattr(llm, "quantized", False):
+        raise ValueError("fine_tune trains float weights; load the model without quantization_config to fine-tune it.")
     if not isinstance(text, str) or len(llm.tokenizer(text)["input_ids"]) < 2:
         raise ValueError(f"text must be a string of at least two tokens, not {text!r}.")
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
