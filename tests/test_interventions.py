@@ -231,3 +231,10 @@ def test_stop_during_fine_tune_ends_it_and_restores(tiny_llm):
                     on_step=lambda step, loss, probes: step == 2 and tiny_llm.stop())  # fmt: skip
     assert run.stopped and 2 <= len(run.losses) < 50
     _same_weights(before, _weights(tiny_llm))
+
+
+def test_fine_tune_refuses_a_quantized_model(tiny_llm, monkeypatch):
+    # Break caught: int8/int4 weights cast to float32 and trained, then "restored" into the wrong dtype.
+    monkeypatch.setattr(tiny_llm, "quantized", True)
+    with pytest.raises(ValueError, match="without quantization_config"):
+        fine_tune(tiny_llm, "The capital of France is London.", steps=1)
