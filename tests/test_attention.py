@@ -247,3 +247,23 @@ def test_public_names(attention):
 
     assert isinstance(attention, hfllm_nb.Attention) and Attention is attention_module.Attention
     assert {"Attention", "Comparison"} <= set(hfllm_nb.__all__)
+
+
+def _uniform_attention(tokens):
+    n = len(tokens)
+    weights = torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1)[:, None]
+    return Attention(tokens, list(range(n)), weights.expand(1, 2, n, n).clone(), 2)
+
+
+def test_short_prompts_label_every_map_with_its_tokens_escaped():
+    # Break caught: 120-pixel maps with no axes, readable only by hovering (issue 29, item 7).
+    tokens = ["<b>", " capital", "\n", " is"]
+    page = attention_view.render_attention(_uniform_attention(tokens), 0)
+    labels = re.findall(r'class="hfllm-attn-label"[^>]*>([^<]*)</div>', page)
+    assert labels == ["&lt;b&gt;", " capital", "↵", " is"] * 2 * 2  # rows and columns of both heads
+    assert "<b>" not in page
+
+
+def test_long_prompts_draw_maps_without_labels():
+    page = attention_view.render_attention(_uniform_attention([f" w{i}" for i in range(40)]), 0)
+    assert "hfllm-attn-label" not in page and page.count('class="hfllm-attn-map"') == 2

@@ -224,6 +224,14 @@ def test_logit_lens_html_escapes_tokens():
     assert "<script" not in page and "&lt;script" in page
 
 
+def test_logit_lens_html_carries_a_colour_legend_from_the_cells_own_scale():
+    # Break caught: a heatmap whose colours can only be read by hovering (issue 29, item 7).
+    lens = LogitLens(["a"], ["embeddings"], torch.tensor([[7]]), [["b"]], torch.tensor([[0.5]]))
+    page = render_logit_lens(lens)
+    assert "hfllm-legend" in page and "linear-gradient" in page
+    assert probability_colour(0.0) in page and probability_colour(1.0) in page and probability_colour(0.5) in page
+
+
 def test_token_colour_follows_probability():
     unlikely, likely = probability_colour(0.01), probability_colour(0.99)
     assert unlikely != likely

@@ -2,7 +2,8 @@
 
 Static HTML, no script: each map is an inline PNG (a square of pixels per weight), so even long
 prompts stay light; hovering or clicking a token shows its row as colour over the text and marks
-that row on every map, through a scoped ``<style>`` block and CSS sibling selectors. A saved
+that row on every map, through a scoped ``<style>`` block and CSS sibling selectors. Up to 20
+tokens, each map carries its tokens down the side (queries) and along the bottom (keys). A saved
 notebook reopened untrusted drops the ``<style>`` (JupyterLab's sanitizer): the maps and the
 tokens' hover titles remain. ``attention_widget.AttentionView`` adds a layer selector.
 """
@@ -29,6 +30,8 @@ _MASKED = (0, 0, 0, 0)  # the future (upper triangle): transparent over the grey
 _BLUE = (8, 69, 148)  # ColorBrewer Blues, darkest
 _RGB = ",".join(map(str, _BLUE))
 _TEXT = "font-family:monospace;line-height:1.9;white-space:pre-wrap"
+_MONO_FONT = "font-family:monospace"
+_LABEL_MIN_CELL = 8  # px per token from which the maps carry token labels (20 tokens or fewer)
 _ids = itertools.count()
 
 
@@ -75,7 +78,8 @@ def render_attention(attention: Attention, layer: int) -> str:
     scope = f"hfllm-attn-{next(_ids)}"
     spans = "".join(_token(tokens, mean, i, first) for i in range(len(tokens)))
     rows = "".join(_row(tokens, mean, i, first) for i in range(len(tokens)))
-    figures = "".join(_figure(maps[h], h, layer, cell) for h in range(maps.shape[0]))
+    labels = tokens if cell >= _LABEL_MIN_CELL else None  # smaller cells: labels would be unreadable
+    figures = "".join(_figure(maps[h], h, layer, cell, labels) for h in range(maps.shape[0]))
     hint = (
         "hover over or click a token above: its row (where it looks, averaged over this layer's heads) "
         "colours the text, and a red line marks it on every map"
@@ -136,18 +140,47 @@ def _row(tokens: list[str], mean: list[list[float]], i: int, first: int) -> str:
     )
 
 
-def _figure(weights: torch.Tensor, head: int, layer: int, cell: int) -> str:
+def _figure(weights: torch.Tensor, head: int, layer: int, cell: int, labels: list[str] | None = None) -> str:
     side = weights.shape[0] * cell
     data = base64.b64encode(map_png(weights, cell)).decode("ascii")
-    return (
-        '<figure class="hfllm-attn-head" style="display:inline-block;margin:4px;text-align:center">'
+    drawn = (
         f'<div style="position:relative;width:{side}px;height:{side}px;background:#e6e6e6;border:1px solid #999">'
         f'<img class="hfllm-attn-map" src="data:image/png;base64,{data}" width="{side}" height="{side}" '
         f'alt="layer {layer}, head {head}" style="display:block">'
         '<div class="hfllm-attn-mark" style="display:none;position:absolute;left:0;right:0;'
         f'height:{max(cell, 2)}px;outline:2px solid #d62728"></div></div>'
-        f'<figcaption style="font-size:11px">head {head}</figcaption></figure>'
     )
+    if labels:
+        drawn = _labelled(drawn, labels, cell)
+    return (
+        '<figure class="hfllm-attn-head" style="display:inline-block;margin:4px;text-align:center">'
+        f'{drawn}<figcaption style="font-size:11px">head {head}</figcaption></figure>'
+    )
+
+
+def _labelled(drawn: str, labels: list[str], cell: int) -> str:
+    """The map with its tokens: query tokens down the left (rows), key tokens under it (columns)."""
+    size = min(11, cell - 1)
+    box = f"font-size:{size}px;line-height:{cell}px;white-space:pre;overflow:hidden;{_MONO_FONT}"
+    rows = "".join(
+        f'<div class="hfllm-attn-label" style="height:{cell}px;{box}">{html.escape(_short(t))}</div>' for t in labels
+    )
+    columns = "".join(
+        f'<div class="hfllm-attn-label" style="width:{cell}px;max-height:64px;writing-mode:vertical-rl;{box}">'
+        f"{html.escape(_short(t))}</div>"
+        for t in labels
+    )
+    return (
+        '<div style="display:inline-grid;grid-template-columns:auto auto;align-items:start">'
+        f'<div style="text-align:right;padding-right:3px;max-width:72px;margin-top:1px">{rows}</div>{drawn}'
+        f'<div></div><div style="display:flex;margin-left:1px">{columns}</div></div>'
+    )
+
+
+def _short(token: str) -> str:
+    """A label's text: line breaks visible, long tokens cut (the hover text has them whole)."""
+    text = token.replace("\n", "↵").replace("\t", "⇥")
+    return text if len(text) <= 10 else text[:9] + "…"
 
 
 def _visible(text: str) -> str:

@@ -185,5 +185,16 @@ def render_logit_lens(lens: LogitLens) -> str:
         '<div class="hfllm-lens" style="overflow-x:auto">'
         f'<div style="font-size:12px;color:#555">{html.escape(caption)}</div>'
         f'<table style="border-collapse:collapse;{_MONO};font-size:11px">'
-        f"<thead><tr><th></th>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        f"<thead><tr><th></th>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>{probability_legend()}</div>"
+    )
+
+
+def probability_legend() -> str:
+    """A colour bar for ``probability_colour``: what a cell's colour means, without hovering."""
+    stops = ",".join(f"{probability_colour(i / 10)} {10 * i}%" for i in range(11))
+    return (
+        '<div class="hfllm-legend" style="display:flex;align-items:center;gap:6px;font-size:11px;color:#555;'
+        'margin-top:4px"><span>probability 0%</span>'
+        f'<span style="display:inline-block;width:160px;height:10px;border:1px solid #999;'
+        f'background:linear-gradient(to right,{stops})"></span><span>100%</span></div>'
     )
