@@ -16,8 +16,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hfllm_nb"
 LAYERS = {"core": 0, "errors": 0, "default_model": 0, "engines": 1, "testing": 1, "llm": 2,
-          "llm_views": 2, "conversation": 2, "memory": 2, "inside": 3, "widgets": 4, "cli": 5, "__main__": 5,
-          "__init__": 6}  # fmt: skip
+          "llm_views": 2, "conversation": 2, "memory": 2, "inside": 3, "exercises": 4, "widgets": 4,
+          "cli": 5, "__main__": 5, "__init__": 6}  # fmt: skip
 # (importer's layer name, imported layer name): imports inside a function that open a view of a lower layer's object
 DOORS = {("llm", "widgets"), ("llm_views", "inside"), ("inside", "widgets")}
 TORCH_FREE = {"core", "errors", "default_model", "llm", "llm_views", "conversation", "memory", "cli", "__init__"}

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from hfllm_nb import HuggingFaceLLM
+    from ..llm import HuggingFaceLLM
 
 Beam = tuple[list[int], float]  # token ids so far, their total log-probability
 
@@ -128,7 +128,7 @@ def check_beam_step(fn: Callable[..., list[Beam]] | None, cases: int = 20) -> Ch
 
 
 def _perplexity(llm: HuggingFaceLLM, text: str) -> float:
-    from hfllm_nb.inside.interventions import loss
+    from ..inside.interventions import loss
 
     return math.exp(loss(llm, text))
 
@@ -150,7 +150,7 @@ def check_perplexity(llm: HuggingFaceLLM, text: str, value: float | None) -> Che
 def check_induction_head(llm: HuggingFaceLLM, layer: int | None, head: int | None, seed: int = 7) -> CheckResult:
     """(``layer``, ``head``) must be an induction head: on a fresh random sequence seen twice, it puts
     at least 40% of its attention on the token after the current token's first occurrence."""
-    from hfllm_nb.inside.induction import induction_scores, repeated_random_text, top_heads
+    from ..inside.induction import induction_scores, repeated_random_text, top_heads
 
     text, ids = repeated_random_text(llm.tokenizer, 20, seed=seed)
     scores = induction_scores(llm.attention(text).weights, len(ids) // 2)

@@ -23,7 +23,7 @@ import torch
 from .interventions import decoder_layers, forward_log_probs, head_dim, target_id
 
 if TYPE_CHECKING:
-    from hfllm_nb import HuggingFaceLLM
+    from ..llm import HuggingFaceLLM
 
 _ids = itertools.count()
 _RED, _WHITE, _BLUE = (202, 0, 32), (247, 247, 247), (5, 113, 176)  # ColorBrewer RdBu ends and middle

@@ -185,11 +185,11 @@ def render_logit_lens(lens: LogitLens) -> str:
         '<div class="hfllm-lens" style="overflow-x:auto">'
         f'<div style="font-size:12px;color:#555">{html.escape(caption)}</div>'
         f'<table style="border-collapse:collapse;{_MONO};font-size:11px">'
-        f"<thead><tr><th></th>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>{probability_legend()}</div>"
+        f"<thead><tr><th></th>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>{probability_colour_bar()}</div>"
     )
 
 
-def probability_legend() -> str:
+def probability_colour_bar() -> str:
     """A colour bar for ``probability_colour``: what a cell's colour means, without hovering."""
     stops = ",".join(f"{probability_colour(i / 10)} {10 * i}%" for i in range(11))
     return (

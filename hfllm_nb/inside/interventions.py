@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hfllm_nb import GenerationError
+from ..errors import GenerationError
 
 if TYPE_CHECKING:
-    from hfllm_nb import HuggingFaceLLM
+    from ..llm import HuggingFaceLLM
 
 
 # ----------------------------------------------------------------------------- the changes

@@ -19,7 +19,7 @@ import torch
 from .interventions import decoder_layers, target_id
 
 if TYPE_CHECKING:
-    from hfllm_nb import HuggingFaceLLM
+    from ..llm import HuggingFaceLLM
 
 PARTS = ("mlp", "self_attn", "input_layernorm", "post_attention_layernorm")
 
