@@ -319,8 +319,12 @@ class HuggingFaceLLM(ModelViews):
         *,
         streaming: bool = False,
         messages: list[dict[str, str]] | None = None,
+        chat: bool = False,
     ) -> tuple[EngineRequest, str]:
-        """Validate everything before touching the model, so a bad call changes no state."""
+        """Validate everything before touching the model, so a bad call changes no state.
+
+        ``chat``: the prompt comes from the chat template, so lengths bound the reply alone (as with ``messages``).
+        """
         self._check_open()
         options = _options.check_options(options, streaming=streaming)
         self._engine.check_options(options)
@@ -331,7 +335,7 @@ class HuggingFaceLLM(ModelViews):
             max_new_tokens,
             context_length=self.context_length,
             default_max_length=self.max_length,
-            chat=messages is not None,
+            chat=chat or messages is not None,
         )
         request = EngineRequest(prompts, encoded, budgets, options, self._turns.new_signal(), messages)
         return request, budget

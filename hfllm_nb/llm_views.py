@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .core import budgets, options, validation
+from .core import validation
 from .core.requests import EngineRequest, EngineResult
 from .core.stats import GenerationStats
 from .core.tokens import ExplainedToken
@@ -33,6 +33,7 @@ class ModelViews:
 
     _engine: Engine
     _pipeline: Pipeline
+    _request: Callable[..., tuple[EngineRequest, str]]  # the facade's: validation and token budgets
     tokenizer: Any
     context_length: int
     max_length: int
@@ -142,25 +143,18 @@ class ModelViews:
                 f"num_beams={beams} cannot be explained token by token: beam search keeps several "
                 "sequences and picks one at the end. Drop num_beams here, or use generate() for beam search."
             )
-        checked = options.check_options(generate_kwargs, streaming=True)
-        engine.check_options(checked)
-        prompts, encoded, lengths, budget = budgets.plan(
-            self.tokenizer,
-            prompt,
-            max_length,
-            max_new_tokens,
-            context_length=self.context_length,
-            default_max_length=self.max_length,
-            chat=not add_special_tokens,  # a prompt from format_chat: lengths bound the reply, as in chat()
+        # a prompt from format_chat (add_special_tokens=False): lengths bound the reply, as in chat()
+        request, budget = self._request(
+            prompt, max_length, max_new_tokens, generate_kwargs, streaming=True, chat=not add_special_tokens
         )
-        request = EngineRequest(prompts, encoded, lengths, checked, self._pipeline.new_signal())
+        prompt_tokens = len(request.token_ids[0])
 
         def record(tokens: list[ExplainedToken], result: EngineResult | None, seconds: float, first: Any) -> None:
             new = [token for token in tokens if not token.is_prompt]
             reason = result.completions[0].finish_reason if result is not None else "stopped"
             if result is not None:
                 seconds, first = result.seconds, result.time_to_first_token
-            stats = GenerationStats(len(encoded[0]), len(new), seconds, first, (reason,), budget)
+            stats = GenerationStats(prompt_tokens, len(new), seconds, first, (reason,), budget)
             self.last_stats = stats
 
         def pieces() -> Iterator[ExplainedToken]:
