@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from .inside.attention import Attention
     from .inside.compare import Comparison
     from .inside.explain import Explanation
+    from .inside.head_sweep import HeadSweep, head_sweep
+    from .inside.interventions import HeadsOff, Patch, RopeOff, SkipAttention, SkipMLP, intervene
     from .inside.logit_lens import LogitLens
+    from .inside.training import FineTuneRun, fine_tune
     from .widgets.chat_panel import ChatPanel
     from .widgets.explorer import NextTokenExplorer
     from .widgets.monitor import MemoryMonitor
@@ -46,6 +49,16 @@ _LAZY = {
     "ExplainedToken": ".core.tokens",
     "Explanation": ".inside.explain",
     "LogitLens": ".inside.logit_lens",
+    "HeadsOff": ".inside.interventions",
+    "SkipAttention": ".inside.interventions",
+    "SkipMLP": ".inside.interventions",
+    "RopeOff": ".inside.interventions",
+    "Patch": ".inside.interventions",
+    "intervene": ".inside.interventions",
+    "HeadSweep": ".inside.head_sweep",
+    "head_sweep": ".inside.head_sweep",
+    "FineTuneRun": ".inside.training",
+    "fine_tune": ".inside.training",
     "ChatPanel": ".widgets.chat_panel",
     "NextTokenExplorer": ".widgets.explorer",
     "MemoryMonitor": ".widgets.monitor",
@@ -60,19 +73,29 @@ __all__ = [
     "Conversation",
     "ExplainedToken",
     "Explanation",
+    "FineTuneRun",
     "GenerationError",
     "GenerationStats",
+    "HeadSweep",
+    "HeadsOff",
     "HuggingFaceLLM",
     "LLMPanel",
     "LogitLens",
     "MemoryMonitor",
     "ModelLoadError",
     "NextTokenExplorer",
+    "Patch",
     "RequestRejected",
+    "RopeOff",
+    "SkipAttention",
+    "SkipMLP",
     "__version__",
     "available_devices",
+    "fine_tune",
     "footprint_bytes",
     "format_bytes",
+    "head_sweep",
+    "intervene",
     "read_memory",
     "resolve_device",
     "resolve_dtype",
