@@ -332,3 +332,21 @@ def cost_section(report: Report, settings: Settings) -> None:
         + "\n\n### KV cache per token\n\n"
         + kv_text,
     )
+
+
+def main() -> None:
+    """The dtype table alone, printed: ``python -m benchmarks.cost [rounds]`` from the repository root.
+
+    With ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` it shows what a CPU without native
+    bf16 pays in each dtype (the "auto" label still follows this CPU's flags).
+    """
+    import sys
+
+    settings = Settings(cost_rounds=int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    report = Report()
+    llms = {dtype: HuggingFaceLLM(dtype=dtype) for dtype in ("float32", "bfloat16")}
+    print(_dtype_table(report, settings, llms))
+
+
+if __name__ == "__main__":
+    main()
