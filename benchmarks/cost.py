@@ -335,17 +335,26 @@ def cost_section(report: Report, settings: Settings) -> None:
 
 
 def main() -> None:
-    """The dtype table alone, printed: ``python -m benchmarks.cost [rounds]`` from the repository root.
+    """One table alone, printed: ``python -m benchmarks.cost dtype|chat [rounds]`` from the repository root.
 
-    With ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` it shows what a CPU without native
-    bf16 pays in each dtype (the "auto" label still follows this CPU's flags).
+    A cross-check of a full run's figures. Under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``
+    the dtype table shows what a CPU without native bf16 pays in each dtype (its "auto" label still
+    follows this CPU's flags).
     """
     import sys
 
-    settings = Settings(cost_rounds=int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    part = sys.argv[1] if len(sys.argv) > 1 else "dtype"
+    settings = Settings(cost_rounds=int(sys.argv[2]) if len(sys.argv) > 2 else 3)
     report = Report()
-    llms = {dtype: HuggingFaceLLM(dtype=dtype) for dtype in ("float32", "bfloat16")}
-    print(_dtype_table(report, settings, llms))
+    if part == "dtype":
+        llms = {dtype: HuggingFaceLLM(dtype=dtype) for dtype in ("float32", "bfloat16")}
+        print(_dtype_table(report, settings, llms))
+    elif part == "chat":
+        print(_chat_table(report, settings, HuggingFaceLLM(), HuggingFaceLLM()))
+    else:
+        raise SystemExit(f"unknown part {part!r}: dtype or chat")
+    for failure in report.failures:
+        print("FAILED:", failure)
 
 
 if __name__ == "__main__":
