@@ -69,7 +69,10 @@ def _rounds(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[
     names = list(calls)
     for done in range(rounds):
         for name in names[done % len(names) :] + names[: done % len(names)]:
+            started = time.perf_counter()
             results[name].append(calls[name]())
+            # Logged as it goes: a run cut short (a CI timeout) still leaves its measurements.
+            logger.info("round %d, %s: %.2f s", done + 1, name, time.perf_counter() - started)
     return results
 
 
@@ -225,6 +228,7 @@ def _chat_table(report: Report, settings: Settings, reuse: HuggingFaceLLM, fresh
             ]
         )
         messages.append({"role": "assistant", "content": replies["reuse"]})
+        logger.info("chat turn %d: %s", turn, " | ".join(map(str, rows[-1])))
     report.check(same, "chat with prefix reuse gave other replies than without")
     tokens, nbytes = reuse._engine.cached_prefix
     turn2 = with_reuse[1] / without[1] if len(with_reuse) > 1 else float("nan")
@@ -305,7 +309,9 @@ def cost_section(report: Report, settings: Settings) -> None:
     if not llms:
         return
     dtype_text = _dtype_table(report, settings, llms)
+    logger.info("cost, dtype table:\n%s", dtype_text)
     growth_text, curves = _growth_table(report, settings, llms)
+    logger.info("cost, prompt-length table:\n%s", growth_text)
     auto = str(device_rules.resolve_dtype("auto", torch.device("cpu"))).replace("torch.", "")
     chat_dtype = auto if auto in llms else next(iter(llms))
     second = HuggingFaceLLM(dtype=chat_dtype)  # the object without reuse: its own weights, same dtype
