@@ -313,7 +313,7 @@ def cost_section(report: Report, settings: Settings) -> None:
     growth_text, curves = _growth_table(report, settings, llms)
     logger.info("cost, prompt-length table:\n%s", growth_text)
     auto = str(device_rules.resolve_dtype("auto", torch.device("cpu"))).replace("torch.", "")
-    chat_dtype = auto if auto in llms else next(iter(llms))
+    chat_dtype = "float32" if "float32" in llms else next(iter(llms))  # prefix reuse is float32-only
     second = HuggingFaceLLM(dtype=chat_dtype)  # the object without reuse: its own weights, same dtype
     try:
         chat_text = _chat_table(report, settings, llms[chat_dtype], second)
@@ -341,7 +341,7 @@ def cost_section(report: Report, settings: Settings) -> None:
 
 
 def main() -> None:
-    """One table alone, printed: ``python -m benchmarks.cost dtype|chat [rounds]`` from the repository root.
+    """One table alone, printed: ``python -m benchmarks.cost dtype|chat [rounds] [dtype]`` from the repository root.
 
     A cross-check of a full run's figures. Under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``
     the dtype table shows what a CPU without native bf16 pays in each dtype (its "auto" label still
@@ -356,7 +356,8 @@ def main() -> None:
         llms = {dtype: HuggingFaceLLM(dtype=dtype) for dtype in ("float32", "bfloat16")}
         print(_dtype_table(report, settings, llms))
     elif part == "chat":
-        print(_chat_table(report, settings, HuggingFaceLLM(), HuggingFaceLLM()))
+        dtype = sys.argv[3] if len(sys.argv) > 3 else "float32"
+        print(_chat_table(report, settings, HuggingFaceLLM(dtype=dtype), HuggingFaceLLM(dtype=dtype)))
     else:
         raise SystemExit(f"unknown part {part!r}: dtype or chat")
     for failure in report.failures:

@@ -101,7 +101,10 @@ class LocalEngine:
         self._eos_ids = self._end_token_ids()
         self._fast = fast_decode.FastDecode(self.device, self.context_length, self.model.config) if compile else None
         # compile=True bypasses prefix reuse: its static caches are sized per call and reset before each one.
-        self._prefix = PrefixCache(self.model) if not compile and PrefixCache.supported(self.model) else None
+        # 16-bit weights too: there the reused keys and values round differently from a fresh prefill's,
+        # and a 10-turn bfloat16 chat gave another greedy reply in 4 turns of 10 (benchmarks/cost.py).
+        reuse = not compile and self.dtype == torch.float32 and PrefixCache.supported(self.model)
+        self._prefix = PrefixCache(self.model) if reuse else None
         if self._fast is not None:
             fast_decode.use_fused_decode_attention(self.model, self.device, load_kwargs.get("attn_implementation"))
             self._fast.warm_up(self._warm_up_generate)
