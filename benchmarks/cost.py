@@ -349,6 +349,7 @@ def main() -> None:
     """
     import sys
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     part = sys.argv[1] if len(sys.argv) > 1 else "dtype"
     settings = Settings(cost_rounds=int(sys.argv[2]) if len(sys.argv) > 2 else 3)
     report = Report()
