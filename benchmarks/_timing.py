@@ -50,6 +50,13 @@ class Settings:
     quant_extra_rounds: int = 5
     quant_compile: bool = True  # compile=True rows on the real model (cold compile: minutes)
     text_tokens: int = 32  # greedy tokens compared against fp32 / bf16 per prompt
+    # Cost as the work grows (benchmarks/cost.py): prompt sizes, rounds, the chat's shape.
+    cost_sizes: tuple[int, ...] = (128, 512, 1024, 2048, 4096)
+    cost_dtype_prompt: int = 1000
+    cost_rounds: int = 2
+    cost_chat_turns: int = 10
+    cost_chat_history: int = 1200
+    cost_reply_tokens: int = 16
     quick: bool = False
 
     @classmethod
@@ -71,6 +78,12 @@ class Settings:
             quant_extra_rounds=0,
             quant_compile=False,
             text_tokens=8,
+            cost_sizes=(64, 256),
+            cost_dtype_prompt=256,
+            cost_rounds=1,
+            cost_chat_turns=3,
+            cost_chat_history=200,
+            cost_reply_tokens=8,
             quick=True,
         )
 

@@ -1,10 +1,10 @@
 """Benchmark hfllm-nb side by side in one process and write docs/benchmarks.md.
 
-Covers load time, dtypes, CPU quantization backends, the compiled fast path, batching, the
-wrapper's own cost (against raw ``model.generate``, streaming and the panel) and a profile of
-one decode step. Timings are interleaved repetitions after a warm-up, so a busy machine slows
-all rows alike instead of skewing one of them; samples taken while other processes held the
-cores are flagged (``benchmarks/_timing.py``).
+Covers load time, dtypes, CPU quantization backends, the compiled fast path, batching, cost as
+prompts and chats grow (prefix reuse), the wrapper's own cost (against raw ``model.generate``,
+streaming and the panel) and a profile of one decode step. Timings are interleaved repetitions
+after a warm-up, so a busy machine slows all rows alike instead of skewing one of them; samples
+taken while other processes held the cores are flagged (``benchmarks/_timing.py``).
 
     python benchmarks/run.py                  # full run, writes docs/benchmarks.md
     python benchmarks/run.py --quick --output /tmp/bench.md   # every code path, < 3 min
@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from benchmarks import (  # noqa: E402
     batching,
     cache_sizes,
+    cost,
     decode_profile,
     generation,
     load_time,
@@ -63,6 +64,7 @@ SECTIONS = [
     threads.wait_policy_section,
     batching.batch_section,
     cache_sizes.cache_section,
+    cost.cost_section,  # long prompts, long chats (prefix reuse), the KV cache, dtype="auto"
     overhead.ratio_section,
     overhead.overhead_section,
     decode_profile.profile_section,
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> Report:
         settings.tokens = args.tokens
     report = Report()
     report.facts["command"] = args.command_line
+    report.facts["output"] = args.output
     chosen = [machine.machine_section] + [s for s in SECTIONS[1:] if _section_name(s) in args.only]
     for section in chosen if args.only else SECTIONS:
         section(report, settings)

@@ -94,6 +94,15 @@ def test_greedy_text_equals_the_uncompiled_path_for_every_prompt_length(fast_tin
         assert fast_tiny_llm.generate(prompt, max_new_tokens=12, min_new_tokens=12) == expected
 
 
+def test_compile_true_bypasses_prefix_reuse(fast_tiny_llm):
+    # Its static caches are reset before every call: a prefix passed in as well would be refused by
+    # generate or silently overwritten. Catches prefix reuse switched on for compiled models.
+    fast_tiny_llm.generate(PROMPTS[2], max_new_tokens=4)
+    fast_tiny_llm.generate(PROMPTS[2] + " king", max_new_tokens=4)
+    assert fast_tiny_llm.last_stats.prompt_tokens_reused == 0
+    assert fast_tiny_llm._engine.cached_prefix == (0, 0)
+
+
 def test_prompts_of_other_lengths_reuse_the_warmed_up_graph(fast_tiny_llm):
     fast_tiny_llm.generate(PROMPTS[0], max_new_tokens=4)
     before = compiled_graphs()

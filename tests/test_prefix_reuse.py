@@ -74,9 +74,16 @@ def test_chat_turns_prefill_only_the_new_message_and_reply_as_plain_transformers
     _chat_matches_a_model_without_reuse(real_fp32)
 
 
-def test_chat_reuse_on_the_default_dtype_model_gives_the_same_replies(llm):
-    # The session's default model (bfloat16 where the CPU has native bf16): the same, in its rounding.
-    _chat_matches_a_model_without_reuse(llm)
+def test_16_bit_models_do_not_reuse_their_prefix(default_model_dir):
+    # Their reused keys and values round differently from a fresh prefill's: a 10-turn bfloat16 chat
+    # gave other greedy replies in 4 turns. Catches reuse switched on for 16-bit weights.
+    half = HuggingFaceLLM(dtype="bfloat16")
+    try:
+        half.generate("The capital of France is", max_new_tokens=4)
+        half.generate("The capital of France is a", max_new_tokens=4)
+        assert half.last_stats.prompt_tokens_reused == 0 and half._engine.cached_prefix == (0, 0)
+    finally:
+        half.close()
 
 
 def test_streamed_turn_reuses_and_streams_the_same_reply(real_fp32):
@@ -228,7 +235,7 @@ def test_a_cache_over_the_byte_limit_is_not_kept(tiny):
 
 
 def test_a_quantized_model_reuses_its_prefix_with_the_same_text(default_model_dir):
-    eight = HuggingFaceLLM(device="cpu", quantization_config={"load_in_8bit": True})
+    eight = HuggingFaceLLM(device="cpu", dtype="float32", quantization_config={"load_in_8bit": True})
     try:
         eight.generate("The capital of France is", max_new_tokens=6)
         text = eight.generate("The capital of France is a city", max_new_tokens=8, return_full_text=False)

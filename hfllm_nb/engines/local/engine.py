@@ -103,7 +103,9 @@ class LocalEngine:
             fast_decode.FastDecode(self.device, self.context_length, self.model.config) if settings.compile else None
         )
         # compile=True bypasses prefix reuse: its static caches are sized per call and reset before each one.
-        usable = not settings.compile and PrefixCache.supported(self.model)
+        # 16-bit weights too: there the reused keys and values round differently from a fresh prefill's,
+        # and a 10-turn bfloat16 chat gave another greedy reply in 4 turns of 10 (benchmarks/cost.py).
+        usable = not settings.compile and self.dtype == torch.float32 and PrefixCache.supported(self.model)
         self._prefix = PrefixCache(self.model) if usable else None
         if self.fast_decode is not None:
             attention = settings.load_kwargs.get("attn_implementation")
