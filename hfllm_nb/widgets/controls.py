@@ -69,9 +69,9 @@ class BackgroundRun:
         if not self._busy:
             return  # never stop a generation that someone else started on this model
         self._stop_requested.set()
-        chunks = self._chunks
-        if chunks is not None:
-            chunks.stop()
+        stop_its_request = getattr(self._chunks, "stop", None)  # a TextStream; any other iterator is drained
+        if stop_its_request is not None:
+            stop_its_request()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the run has ended and the panel shows it (or ``timeout`` seconds pass); True if idle."""

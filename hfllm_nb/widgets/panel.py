@@ -199,7 +199,7 @@ class LLMPanel(BackgroundRun, widgets.VBox):
         self.status.value = "generating…"
         self._chunks = chunks
         if self._stop_requested.is_set():  # Stop pressed while the request was being checked
-            chunks.stop()
+            self.stop()
         self._worker = threading.Thread(
             target=self._work,
             args=(chunks, prompt, chat, stats_before),
