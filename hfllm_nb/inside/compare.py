@@ -19,7 +19,6 @@ from ..core import options as _options
 from ..core import validation
 from ..core.tokens import ExplainedToken, token_text
 from ..engines.local.explain import explain_prompt
-from ..errors import GenerationError
 
 if TYPE_CHECKING:
     from ..llm import HuggingFaceLLM
@@ -116,11 +115,7 @@ def compare(llm: HuggingFaceLLM, prompt: str, lanes: dict[str, dict[str, Any]], 
         raise TypeError("Pass one prompt string; compare continues one prompt in several ways.")
     validation.check_prompt(prompt)
     max_new_tokens = validation.check_length("max_new_tokens", max_new_tokens, limit=llm.context_length)
-    try:
-        llm.model  # noqa: B018  (raises GenerationError for a remote engine: it has no weights here)
-        in_process = True
-    except GenerationError:
-        in_process = False
+    in_process = llm.in_process  # a remote engine has no weights here: text only
     checked = check_lanes(lanes, in_process)
     results = {}
     notes = [] if in_process else ["probabilities need the model in this process; a server sends text only"]

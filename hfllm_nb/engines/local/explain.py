@@ -19,7 +19,16 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from ...core.requests import END_OF_TEXT, LENGTH, STOP_STRING, STOPPED, Completion, EngineRequest, EngineResult
+from ...core.requests import (
+    CRITERION,
+    END_OF_TEXT,
+    LENGTH,
+    STOP_STRING,
+    STOPPED,
+    Completion,
+    EngineRequest,
+    EngineResult,
+)
 from ...core.tokens import ExplainedToken, token_text
 from ...errors import GenerationError
 from .distributions import sampling_warpers, summarize
@@ -150,9 +159,11 @@ def _finish_reason(model: Any, tokenizer: Any, job: _Job, tokens: list[Explained
         return END_OF_TEXT
     if len(tokens) >= job.budget:
         return LENGTH
-    if not stopped and _ends_with_a_stop_string(tokenizer, job, tokens):
+    if stopped:
+        return STOPPED  # Stop, or a closed stream
+    if _ends_with_a_stop_string(tokenizer, job, tokens):
         return STOP_STRING
-    return STOPPED  # Stop, a closed stream, or a stopping criterion of the caller's
+    return CRITERION  # one of the caller's own stopping criteria
 
 
 def _ends_with_a_stop_string(tokenizer: Any, job: _Job, tokens: list[ExplainedToken]) -> bool:
